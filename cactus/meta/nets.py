@@ -1,0 +1,70 @@
+"""The standard 4-layer conv net of few-shot learning (Vinyals et al. 2016; Finn et al. 2017).
+
+Each block: 3x3 conv -> batch norm (no running statistics, so it behaves the same in training
+and at test and works under ``torch.func.vmap``) -> ReLU -> 2x2 max pool, or a stride-2 conv
+instead of pooling. Features are averaged over what is left of the spatial grid, so any image
+size works (Omniglot 28x28 ends at 1x1 with pooling, 2x2 with strides).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _block(in_channels: int, out_channels: int, downsample: str, spatial: int) -> tuple[nn.Sequential, int]:
+    shrink = spatial >= 2
+    stride = 2 if downsample == "stride" and shrink else 1
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        nn.BatchNorm2d(out_channels, track_running_stats=False),
+        nn.ReLU(),
+    ]
+    if downsample == "pool" and shrink:
+        layers.append(nn.MaxPool2d(2))
+        return nn.Sequential(*layers), spatial // 2
+    return nn.Sequential(*layers), (spatial + 1) // 2 if stride == 2 else spatial
+
+
+class ConvNet(nn.Module):
+    """Conv4 backbone with an optional linear head.
+
+    Input (B, C, H, W) float; output (B, filters) features, or (B, n_way) logits with a head.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        filters: int = 64,
+        n_way: int | None = None,
+        downsample: str = "pool",
+        depth: int = 4,
+    ) -> None:
+        super().__init__()
+        if downsample not in ("pool", "stride"):
+            raise ValueError(f"downsample must be 'pool' or 'stride', not {downsample!r}")
+        blocks = []
+        spatial = image_size
+        channels = in_channels
+        for _ in range(depth):
+            block, spatial = _block(channels, filters, downsample, spatial)
+            blocks.append(block)
+            channels = filters
+        self.features = nn.Sequential(*blocks)
+        self.feature_dim = filters
+        self.head = nn.Linear(filters, n_way) if n_way is not None else None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, filters)."""
+        return self.features(images).mean(dim=(2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.embed(images)
+        return self.head(features) if self.head is not None else features
+
+
+def images_to_tensor(images, device=None) -> torch.Tensor:
+    """(..., H, W, C) uint8 numpy -> (..., C, H, W) float32 tensor in [0, 1]."""
+    tensor = torch.as_tensor(images, device=device)
+    return tensor.movedim(-1, -3).float().div_(255.0)

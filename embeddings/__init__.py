@@ -1,0 +1,23 @@
+"""The unsupervised encoders of ``cactus embed``, one per file, looked up by name.
+
+The registry maps a method name to ``module:Class``; modules are imported only when used, so
+``cactus --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from cactus.errors import CactusError
+
+REGISTRY: dict[str, str] = {
+    "pca": "embeddings.pca:PCAEncoder",
+}
+
+
+def encoder_class(method: str) -> type:
+    """The encoder class registered under ``method``."""
+    if method not in REGISTRY:
+        raise CactusError(f"--method {method!r}: unknown encoder; choose from {', '.join(sorted(REGISTRY))}")
+    module_name, class_name = REGISTRY[method].split(":")
+    return getattr(importlib.import_module(module_name), class_name)

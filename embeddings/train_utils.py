@@ -1,0 +1,166 @@
+"""Shared torch helpers for the neural encoders (contrastive, deepcluster, acai, bigan, infogan).
+
+Stable API (other encoders import these names):
+
+- :func:`check_options` -- validate the shared ``--epochs/--batch-size/--lr/--dim`` style options.
+- :func:`setup_torch` -- device + thread count + ``torch.manual_seed``; returns (device, generator).
+- :func:`batch_order` -- shuffled mini-batch index arrays for one epoch, from a numpy generator.
+- :func:`to_tensor` -- uint8 images (B, H, W, C) numpy -> float (B, C, H, W) in [0, 1] on a device.
+- :func:`train_epochs` -- the fit loop: a progress bar over every step, the loss beside it,
+  per-epoch mean losses returned.
+- :func:`embed_in_batches` -- apply a function to all images in batches under ``no_grad``.
+- :func:`module_state` / :func:`load_module_state` -- ``nn.Module`` <-> ``dict[str, np.ndarray]``
+  (the form ``Encoder.get_state`` returns and the HDF5 artifact stores).
+
+Determinism: everything random in a fit must come from the generator / rng handed out here, so
+one seed gives the same weights on CPU (same thread count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from cactus.errors import CactusError
+
+
+def check_options(**options: Any) -> None:
+    """Raise CactusError for a non-positive integer/float option, e.g. ``check_options(epochs=0)``.
+
+    The option name is shown as the CLI flag (``batch_size`` -> ``--batch-size``). ``None`` is skipped.
+    """
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CactusError(f"{flag} {value!r}: expected a number")
+        if not value > 0:
+            raise CactusError(f"{flag} {value}: must be positive")
+
+
+def setup_torch(seed: int, device: str = "auto", threads: int | None = None):
+    """Seed torch and resolve the device.
+
+    Returns (torch.device, torch.Generator seeded with ``seed`` on the CPU). Use the generator for
+    weight-independent randomness drawn on the CPU (augmentations, sampling); weights initialised
+    right after this call are fixed by ``torch.manual_seed(seed)``.
+    """
+    import torch
+
+    from cactus.device import resolve_device
+
+    torch_device = resolve_device(device, threads)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    return torch_device, generator
+
+
+def batch_order(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> list[np.ndarray]:
+    """One epoch of shuffled index arrays, each (batch_size,) int64 (the last shorter unless drop_last).
+
+    With drop_last and n < batch_size one batch of all n indices is still returned.
+    """
+    order = rng.permutation(n)
+    size = min(batch_size, n)
+    stop = n - n % size if drop_last else n
+    return [order[i : i + size] for i in range(0, stop, size)]
+
+
+def to_tensor(images: np.ndarray, device=None):
+    """(B, H, W, C) uint8 numpy -> (B, C, H, W) float32 tensor in [0, 1] on ``device``."""
+    from cactus.meta.nets import images_to_tensor
+
+    return images_to_tensor(np.ascontiguousarray(images), device=device)
+
+
+def train_epochs(
+    step: Callable[[np.ndarray], float],
+    n: int,
+    epochs: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    description: str,
+    on_epoch: Callable[[int, float], None] | None = None,
+    drop_last: bool = True,
+) -> list[float]:
+    """The fit loop shared by the neural encoders.
+
+    step(indices (B,) int64) runs one optimisation step on those rows and returns its loss.
+    Batches come from :func:`batch_order` with ``rng``; a progress bar covers every step with the
+    running loss. on_epoch(epoch, mean_loss) is called after each epoch (e.g. DeepCluster's
+    re-clustering or a learning-rate schedule). Returns the mean loss of each epoch.
+    """
+    from cactus.progress import Progress
+
+    steps_per_epoch = len(batch_order(n, batch_size, np.random.default_rng(0), drop_last))
+    losses: list[float] = []
+
+    def all_batches() -> Iterator[tuple[int, np.ndarray]]:
+        for epoch in range(epochs):
+            for indices in batch_order(n, batch_size, rng, drop_last):
+                yield epoch, indices
+
+    progress = Progress(all_batches(), total=epochs * steps_per_epoch, description=description)
+    current, total, count = 0, 0.0, 0
+    for epoch, indices in progress:
+        if epoch != current:
+            losses.append(total / max(count, 1))
+            if on_epoch is not None:
+                on_epoch(current, losses[-1])
+            current, total, count = epoch, 0.0, 0
+        loss = float(step(indices))
+        if not np.isfinite(loss):
+            raise CactusError(f"{description}: the loss became {loss} at epoch {epoch + 1}; lower --lr")
+        total += loss
+        count += 1
+        progress.set(epoch=epoch + 1, loss=total / count)
+    if count:
+        losses.append(total / count)
+        if on_epoch is not None:
+            on_epoch(current, losses[-1])
+    return losses
+
+
+def embed_in_batches(
+    fn: Callable[[Any], Any], images: np.ndarray, batch_size: int = 512, device=None
+) -> np.ndarray:
+    """Apply ``fn`` ((B, C, H, W) float tensor -> (B, D) tensor) to all images under no_grad.
+
+    images: (N, H, W, C) uint8. Returns (N, D) float32 numpy.
+    """
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = to_tensor(images[start : start + batch_size], device)
+            out.append(fn(batch).detach().float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def module_state(module, prefix: str = "") -> dict[str, np.ndarray]:
+    """``module.state_dict()`` as {prefix + name: numpy array} (copies, on the CPU)."""
+    return {prefix + name: value.detach().cpu().numpy().copy() for name, value in module.state_dict().items()}
+
+
+def load_module_state(module, state: dict[str, np.ndarray], prefix: str = "", what: str = "encoder") -> None:
+    """Load the arrays under ``prefix`` into ``module``; a missing or mis-shaped array raises CactusError."""
+    import torch
+
+    expected = module.state_dict()
+    loaded = {}
+    for name, value in expected.items():
+        key = prefix + name
+        if key not in state:
+            raise CactusError(f"{what}: stored weights lack '{key}'; the artifact does not match these options")
+        array = np.asarray(state[key])
+        if tuple(array.shape) != tuple(value.shape):
+            raise CactusError(
+                f"{what}: stored '{key}' has shape {tuple(array.shape)}, expected {tuple(value.shape)}; "
+                "the artifact does not match these options (--width, --dim...)"
+            )
+        loaded[name] = torch.as_tensor(array, dtype=value.dtype)
+    module.load_state_dict(loaded)

@@ -11,6 +11,8 @@ Stable API (other encoders import these names):
 - :func:`embed_in_batches` -- apply a function to all images in batches under ``no_grad``.
 - :func:`module_state` / :func:`load_module_state` -- ``nn.Module`` <-> ``dict[str, np.ndarray]``
   (the form ``Encoder.get_state`` returns and the HDF5 artifact stores).
+- :func:`conv_backbone` -- the conv4 feature extractor with running-statistics batch norm.
+- :func:`recompute_batchnorm` -- re-estimate batch-norm statistics on clean images after training.
 
 Determinism: everything random in a fit must come from the generator / rng handed out here, so
 one seed gives the same weights on CPU (same thread count).
@@ -164,3 +166,51 @@ def load_module_state(module, state: dict[str, np.ndarray], prefix: str = "", wh
             )
         loaded[name] = torch.as_tensor(array, dtype=value.dtype)
     module.load_state_dict(loaded)
+
+
+def conv_backbone(in_channels: int, width: int = 64, out_channels: int | None = None, depth: int = 4):
+    """Conv4-style feature extractor with ordinary (running-statistics) batch norm.
+
+    ``depth`` blocks of 3x3 conv -> BatchNorm -> ReLU -> 2x2 max pool (ceil mode, so 28 -> 14 -> 7 -> 4
+    -> 2); the last block has ``out_channels`` (default ``width``) channels; a global average pool
+    ends it. (B, C, H, W) float -> (B, out_channels). Unlike ``cactus.meta.nets.ConvNet`` the batch
+    norm keeps running statistics, so in eval mode an image's embedding does not depend on its batch.
+    """
+    from torch import nn
+
+    out_channels = out_channels or width
+    layers: list = []
+    channels = in_channels
+    for block in range(depth):
+        target = out_channels if block == depth - 1 else width
+        layers += [nn.Conv2d(channels, target, 3, padding=1, bias=False), nn.BatchNorm2d(target), nn.ReLU()]
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: a 1x1 grid stays 1x1
+        channels = target
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def recompute_batchnorm(module, images: np.ndarray, batch_size: int = 256, device=None) -> None:
+    """Set every BatchNorm's running mean/var to the exact average over ``images`` (N, H, W, C) uint8.
+
+    Training statistics come from augmented views; this pass re-estimates them on the clean images
+    that ``transform`` will see. Leaves the module in eval mode.
+    """
+    import torch
+    from torch import nn
+
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        module.eval()
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = the exact mean over batches
+    module.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            module(to_tensor(images[start : start + batch_size], device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    module.eval()

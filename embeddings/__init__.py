@@ -12,6 +12,9 @@ from cactus.errors import CactusError
 
 REGISTRY: dict[str, str] = {
     "pca": "embeddings.pca:PCAEncoder",
+    "acai": "embeddings.acai:ACAIEncoder",
+    "bigan": "embeddings.bigan:BiGANEncoder",
+    "infogan": "embeddings.infogan:InfoGANEncoder",
 }
 
 

@@ -1,0 +1,240 @@
+"""MAML (Finn et al., 2017) with ``torch.func``, vmapped over the task batch.
+
+One pure per-task function adapts the weights to the support set (``inner_steps`` SGD steps,
+gradients from ``torch.func.grad`` through ``functional_call``) and scores the query set; ``vmap``
+maps it over the leading task axis. The outer gradient is ordinary autograd through the whole
+thing: second order by default, first order when the inner gradients are detached. With
+``learn_inner_lr`` every parameter gets its own learnable inner learning rate of its shape
+(Meta-SGD, Li et al., 2017). Batch norm keeps no running statistics, so it normalises with the
+statistics of the batch it sees (the support set while adapting, the query set when scoring),
+the same in training and at test.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from cactus.meta.nets import ConvNet
+
+LR_PREFIX = "inner_lr/"
+Params = dict[str, torch.Tensor]
+
+
+class BatchStatNorm2d(nn.Module):
+    """Batch norm from the batch's own statistics, written with plain tensor ops.
+
+    Same maths as ``nn.BatchNorm2d(track_running_stats=False)`` (biased variance, ``eps``), and the
+    same parameter names, so state dicts are interchangeable. It exists because in torch 2.13 the
+    second derivative of the fused ``native_batch_norm`` is wrong under ``vmap`` (the vmapped MAML
+    meta-gradient then disagrees with the per-task loop); the composite form is exact.
+    """
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = norm.weight
+        self.bias = norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> same shape."""
+        mean = x.mean((0, 2, 3), keepdim=True)
+        var = x.var((0, 2, 3), unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def vmap_safe(net: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d of ``net`` (in place) by :class:`BatchStatNorm2d`, sharing its parameters."""
+    for name, child in net.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            if child.track_running_stats:
+                raise ValueError("MAML needs batch norm without running statistics")
+            setattr(net, name, BatchStatNorm2d(child))
+        else:
+            vmap_safe(child)
+    return net
+
+
+def adapt(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    steps: int,
+    first_order: bool = False,
+) -> Params:
+    """One task: ``steps`` SGD steps on the support loss. support_x (S, C, H, W), support_y (S,)."""
+
+    def support_loss(weights: Params) -> torch.Tensor:
+        return F.cross_entropy(functional_call(net, weights, (support_x,)), support_y)
+
+    for _ in range(steps):
+        grads = grad(support_loss)(params)
+        if first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        params = {
+            n: w - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * grads[n]
+            for n, w in params.items()
+        }
+    return params
+
+
+def task_query_loss(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    steps: int,
+    first_order: bool,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task: adapt on the support set, then (query loss (), query logits (N*Q, N))."""
+    adapted = adapt(net, params, inner_lrs, support_x, support_y, steps, first_order)
+    logits = functional_call(net, adapted, (query_x,))
+    return F.cross_entropy(logits, query_y), logits
+
+
+def batch_query_loss(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    steps: int,
+    first_order: bool,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``task_query_loss`` vmapped over tasks: inputs (B, ...) -> losses (B,), logits (B, N*Q, N).
+
+    The weights and learning rates are shared (not mapped); differentiate ``losses.mean()`` with
+    ordinary autograd to get the meta-gradient.
+    """
+
+    def one_task(sx, sy, qx, qy):
+        return task_query_loss(net, params, inner_lrs, steps, first_order, sx, sy, qx, qy)
+
+    return vmap(one_task)(support_x, support_y, query_x, query_y)
+
+
+class MAML:
+    """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        ways: int,
+        filters: int = 32,
+        downsample: str = "stride",
+        inner_steps: int = 5,
+        test_inner_steps: int = 50,
+        inner_lr: float = 0.05,
+        first_order: bool = False,
+        learn_inner_lr: bool = False,
+        meta_lr: float = 1e-3,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        predict_chunk: int = 32,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.ways = ways
+        self.inner_steps = inner_steps
+        self.test_inner_steps = test_inner_steps
+        self.first_order = first_order
+        self.learn_inner_lr = learn_inner_lr
+        self.predict_chunk = predict_chunk
+        self.device = torch.device(device)
+        self.net = vmap_safe(ConvNet(in_channels, image_size, filters, ways, downsample)).to(self.device)
+        self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
+        trained = list(self.net.parameters())
+        if learn_inner_lr:
+            self.inner_lrs = {
+                n: nn.Parameter(torch.full_like(p, inner_lr)) for n, p in self.net.named_parameters()
+            }
+            trained += list(self.inner_lrs.values())
+        self.optimiser = torch.optim.Adam(trained, lr=meta_lr)
+
+    def _params(self) -> Params:
+        return dict(self.net.named_parameters())
+
+    def _check(self, support_y: torch.Tensor) -> None:
+        ways = int(support_y.max()) + 1
+        if ways > self.ways:
+            raise ValueError(f"tasks have {ways} classes but this MAML head has {self.ways} outputs")
+
+    def meta_step(self, support_x, support_y, query_x, query_y) -> dict[str, float]:
+        """One Adam step on the mean query loss of the task batch (shapes as in :mod:`cactus.meta.base`)."""
+        self._check(support_y)
+        tensors = [t.to(self.device) for t in (support_x, support_y, query_x, query_y)]
+        losses, logits = batch_query_loss(
+            self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *tensors
+        )
+        loss = losses.mean()
+        self.optimiser.zero_grad()
+        loss.backward()
+        self.optimiser.step()
+        accuracy = (logits.argmax(-1) == tensors[3]).float().mean().item() * 100
+        return {"loss": loss.item(), "accuracy": accuracy}
+
+    def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        """Adapt ``test_inner_steps`` on each support set; labels (B, N*Q) int64 for the queries.
+
+        Tasks are processed ``predict_chunk`` at a time to bound memory.
+        """
+        self._check(support_y)
+        params = {n: p.detach() for n, p in self._params().items()}
+        lrs = self.inner_lrs
+        if isinstance(lrs, dict):
+            lrs = {n: t.detach() for n, t in lrs.items()}
+
+        def one_task(sx, sy, qx):
+            adapted = adapt(self.net, params, lrs, sx, sy, self.test_inner_steps, first_order=True)
+            return functional_call(self.net, adapted, (qx,)).argmax(-1)
+
+        out = []
+        with torch.no_grad():  # torch.func.grad still differentiates the inner loop
+            for start in range(0, support_x.shape[0], self.predict_chunk):
+                chunk = slice(start, start + self.predict_chunk)
+                sx, sy, qx = (t[chunk].to(self.device) for t in (support_x, support_y, query_x))
+                out.append(vmap(one_task)(sx, sy, qx))
+        return torch.cat(out).to(torch.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy (the optimiser's own state_dict shares its live moment tensors)."""
+        state: dict[str, Any] = {"net": self.net.state_dict(), "optimiser": self.optimiser.state_dict()}
+        if isinstance(self.inner_lrs, dict):
+            state["inner_lrs"] = {n: t.detach() for n, t in self.inner_lrs.items()}
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        if isinstance(self.inner_lrs, dict):
+            with torch.no_grad():
+                for n, t in self.inner_lrs.items():
+                    t.copy_(state["inner_lrs"][n])
+        self.optimiser.load_state_dict(state["optimiser"])
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Net weights, plus ``inner_lr/<param>`` arrays with ``learn_inner_lr``."""
+        out = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        if isinstance(self.inner_lrs, dict):
+            out.update({LR_PREFIX + n: t.detach().cpu().numpy() for n, t in self.inner_lrs.items()})
+        return out
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        net = {k: torch.as_tensor(np.asarray(v)) for k, v in weights.items() if not k.startswith(LR_PREFIX)}
+        self.net.load_state_dict(net)
+        if isinstance(self.inner_lrs, dict):
+            with torch.no_grad():
+                for n, t in self.inner_lrs.items():
+                    t.copy_(torch.as_tensor(np.asarray(weights[LR_PREFIX + n])))

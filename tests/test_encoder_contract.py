@@ -1,0 +1,118 @@
+"""The encoder contract, checked for every encoder in ``embeddings.REGISTRY`` on real Omniglot images.
+
+Each encoder gets a tiny setting (one epoch, small batches) so a fit takes seconds: the point is
+the contract (shapes, dtype, determinism, weights through an HDF5 artifact, clear errors), not
+the quality of the embedding, which the slow per-method tests and bench/encoders.py measure.
+``load`` has its own tests (tests/test_load_encoder.py): it needs a file, not images.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cactus.errors import CactusError
+from embeddings import REGISTRY, encoder_class
+
+OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+METHODS = sorted(m for m in REGISTRY if m != "load")
+
+# Small but real settings; keys a constructor does not accept are dropped.
+TINY_COMMON = {"quick": True, "epochs": 1, "batch_size": 32, "threads": 1, "device": "cpu"}
+TINY = {
+    "pca": {"dim": 16},
+    "contrastive": {"width": 16, "dim": 32, "proj_dim": 16},
+    "deepcluster": {"width": 16, "features": 32, "dim": 16, "clusters": 10},
+}
+
+
+def tiny_kwargs(method: str, seed: int) -> dict:
+    accepted = inspect.signature(encoder_class(method).__init__).parameters
+    kwargs = {k: v for k, v in TINY_COMMON.items() if k in accepted}
+    kwargs.update(TINY.get(method, {}))
+    kwargs["seed"] = seed
+    return kwargs
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    """(200 meta-train images, 40 test images), (N, 28, 28, 1) uint8."""
+    import torch
+
+    from cactus.data import load_dataset
+
+    if not OMNIGLOT.exists():
+        pytest.skip(f"no Omniglot at {OMNIGLOT}")
+    torch.set_num_threads(1)
+    ds = load_dataset(f"omniglot:{OMNIGLOT}", image_size=28)
+    rng = np.random.default_rng(0)
+    train = ds.images[np.sort(rng.choice(ds.indices(0), 200, replace=False))]
+    test = ds.images[np.sort(rng.choice(ds.indices(2), 40, replace=False))]
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    """Per method: an encoder fitted with seed 7, cached across the tests of this module."""
+    cache: dict[str, object] = {}
+
+    def get(method: str):
+        if method not in cache:
+            cache[method] = encoder_class(method)(**tiny_kwargs(method, seed=7)).fit(images[0])
+        return cache[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_output_shape_and_dtype(method, images, fitted):
+    encoder = fitted(method)
+    out = encoder.transform(images[1])
+    assert out.dtype == np.float32
+    assert out.ndim == 2 and out.shape[0] == len(images[1]) and out.shape[1] > 0
+    assert np.isfinite(out).all()
+    assert out.std(axis=0).max() > 0, "every image got the same embedding"
+    # a subset embeds the same as inside a larger batch (no batch-dependent statistics)
+    np.testing.assert_allclose(encoder.transform(images[1][:5]), out[:5], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_embedding(method, images, fitted):
+    again = encoder_class(method)(**tiny_kwargs(method, seed=7)).fit(images[0])
+    np.testing.assert_array_equal(again.transform(images[1]), fitted(method).transform(images[1]))
+    if "epochs" in again.get_params():  # a trained network: another seed must give other weights
+        other = encoder_class(method)(**tiny_kwargs(method, seed=8)).fit(images[0])
+        assert not np.array_equal(other.transform(images[1]), again.transform(images[1]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_weights_round_trip_through_an_artifact(method, images, fitted, tmp_path):
+    from cactus.store import read_artifact, write_artifact
+
+    encoder = fitted(method)
+    state = encoder.get_state()
+    assert state and all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
+    params = encoder.get_params()
+    path = tmp_path / "embed.h5"
+    write_artifact(path, "embed", {"encoder": params}, [], {f"encoder/{k}": v for k, v in state.items()})
+    stored = read_artifact(path, stage="embed")
+
+    kwargs = {k: v for k, v in stored.config["encoder"].items() if k != "method"}
+    restored = encoder_class(method)(**kwargs)
+    assert restored.get_params() == params
+    restored.set_state(stored.group("encoder"))
+    np.testing.assert_array_equal(restored.transform(images[1]), encoder.transform(images[1]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_wrong_images_are_refused(method, images, fitted):
+    encoder = fitted(method)
+    with pytest.raises(CactusError, match=r"\(14, 14, 1\)"):
+        encoder.transform(images[1][:, ::2, ::2])
+    with pytest.raises(CactusError, match="uint8"):
+        encoder.transform(images[1].astype(np.float32))
+    with pytest.raises(CactusError, match="before fit"):
+        encoder_class(method)(**tiny_kwargs(method, seed=0)).transform(images[1])

@@ -12,6 +12,9 @@ from cactus.errors import CactusError
 
 REGISTRY: dict[str, str] = {
     "pca": "embeddings.pca:PCAEncoder",
+    "contrastive": "embeddings.contrastive:ContrastiveEncoder",
+    "deepcluster": "embeddings.deepcluster:DeepClusterEncoder",
+    "load": "embeddings.load:LoadEncoder",
     "acai": "embeddings.acai:ACAIEncoder",
     "bigan": "embeddings.bigan:BiGANEncoder",
     "infogan": "embeddings.infogan:InfoGANEncoder",

@@ -1,0 +1,269 @@
+"""The learned unsupervised update rule: meta-gradients, neuron-locality, rule files, the encoder,
+and meta-training checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cactus.errors import CactusError  # noqa: E402
+from cactus.rule.config import RuleConfig  # noqa: E402
+from embeddings import learned_rule as lr  # noqa: E402
+
+OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+
+
+@pytest.fixture(scope="module")
+def omniglot_small():
+    """(images (N, 28, 28, 1) uint8, labels (N,)) of 20 meta-train characters (400 images)."""
+    if not OMNIGLOT.is_dir():
+        pytest.skip("Omniglot not found beside the checkout")
+    from cactus.data import TRAIN, load_dataset
+
+    ds = load_dataset(f"omniglot:{OMNIGLOT}")
+    rows = ds.indices(TRAIN)
+    labels = ds.true_labels()[rows]
+    keep = rows[np.isin(labels, np.unique(labels)[:20])]
+    return ds.images[keep], ds.true_labels()[keep]
+
+
+def _tiny_state(sizes, hidden, seed=0):
+    return lr.init_base(sizes, hidden, torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _write_rule(path: Path, hidden: int = 8, blocks: int = 1, seed: int = 0, unroll: int = 20) -> dict:
+    from cactus.store import write_artifact
+
+    torch.manual_seed(seed)
+    net = lr.make_update_network(hidden, blocks)
+    theta = lr.theta_state(net)
+    config = RuleConfig(hidden=hidden, blocks=blocks, unroll=unroll, unroll_min=10, window=5).as_dict()
+    write_artifact(path, stage="rule", config=config, inputs=[],
+                   arrays={**{f"theta/{k}": v for k, v in theta.items()},
+                           "curve/step": np.arange(3), "curve/meta_objective": np.array([1.0, 0.9, 0.8])})
+    return theta
+
+
+def test_meta_gradient_matches_finite_differences():
+    """d(meta-objective)/d(theta) through two unsupervised steps, autograd vs central differences (float64)."""
+    torch.manual_seed(0)
+    net = lr.make_update_network(hidden=4, blocks=1).double()
+    generator = torch.Generator().manual_seed(1)
+    x_train = torch.rand(2, 8, 6, generator=generator, dtype=torch.float64)
+    support = torch.rand(6, 6, generator=generator, dtype=torch.float64)
+    query = torch.rand(6, 6, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def objective() -> torch.Tensor:
+        state = _tiny_state([6, 5, 4], hidden=4)
+        for batch in x_train:
+            state = lr.unsupervised_step(net, state, batch)
+        return lr.meta_objective(state.weights, support, labels, query, labels, ways=3)
+
+    loss = objective()
+    loss.backward()
+    checked = 0
+    for name, param in net.named_parameters():
+        flat, grad = param.data.view(-1), param.grad.view(-1)
+        for index in range(min(2, flat.numel())):
+            original = float(flat[index])
+            with torch.no_grad():
+                flat[index] = original + 1e-6
+                up = float(objective())
+                flat[index] = original - 1e-6
+                down = float(objective())
+                flat[index] = original
+            numeric = (up - down) / 2e-6
+            assert abs(numeric - float(grad[index])) <= 1e-5 + 1e-3 * abs(numeric), name
+            checked += 1
+    assert checked >= 8
+    assert float(net.inp.weight.grad.abs().sum()) > 0  # the signal really reaches theta
+
+
+def test_update_is_neuron_local():
+    """Permuting the units of a hidden layer permutes the update (rows of W1/V1, columns of W2/V2)."""
+    torch.manual_seed(0)
+    net = lr.make_update_network(hidden=6, blocks=2).double()
+    state = _tiny_state([7, 5, 4], hidden=6)
+    state.memory[1] = torch.randn(5, 6, dtype=torch.float64)
+    x0 = torch.rand(10, 7, dtype=torch.float64)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    permuted = lr.BaseState(
+        [state.weights[0][perm], state.weights[1][:, perm]],
+        [state.feedback[0][perm], state.feedback[1][:, perm]],
+        [state.memory[0], state.memory[1][perm], state.memory[2]],
+    )
+    with torch.no_grad():
+        new = lr.unsupervised_step(net, state, x0)
+        new_permuted = lr.unsupervised_step(net, permuted, x0)
+    torch.testing.assert_close(new_permuted.weights[0], new.weights[0][perm])
+    torch.testing.assert_close(new_permuted.weights[1], new.weights[1][:, perm])
+    torch.testing.assert_close(new_permuted.feedback[0], new.feedback[0][perm])
+    torch.testing.assert_close(new_permuted.memory[1], new.memory[1][perm])
+    assert not torch.allclose(new.weights[0], state.weights[0])  # the step did change the weights
+
+
+def test_ridge_loss_matches_numpy_closed_form():
+    rng = np.random.default_rng(0)
+    support, query = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
+    ys, yq = np.eye(3)[[0, 1, 2, 0, 1, 2]], np.eye(3)[[0, 1, 2, 1, 0]]
+    mean = support.mean(0)
+    xs = (support - mean) / np.linalg.norm(support - mean, axis=1, keepdims=True)
+    xq = (query - mean) / np.linalg.norm(query - mean, axis=1, keepdims=True)
+    v = np.linalg.solve(xs.T @ xs + np.eye(4), xs.T @ ys)  # primal form
+    expected = ((xq @ v - yq) ** 2).sum(1).mean()
+    got = lr.ridge_loss(*(torch.as_tensor(a) for a in (support, ys, query, yq)))
+    assert abs(float(got) - expected) < 1e-10
+
+
+def test_theta_round_trip(tmp_path):
+    theta = _write_rule(tmp_path / "rule.h5", hidden=8, blocks=2, seed=3)
+    net, artifact = lr.load_rule(tmp_path / "rule.h5")
+    assert artifact.stage == "rule"
+    for name, value in lr.theta_state(net).items():
+        np.testing.assert_array_equal(value, theta[name])
+    np.testing.assert_array_equal(artifact.array("curve/meta_objective"), [1.0, 0.9, 0.8])
+
+
+def test_load_rule_refuses_a_missing_or_mismatched_file(tmp_path):
+    with pytest.raises(CactusError, match="no such rule file"):
+        lr.load_rule(tmp_path / "absent.h5")
+    net = lr.make_update_network(hidden=4, blocks=1)
+    with pytest.raises(CactusError, match="do not match"):
+        lr.load_theta(net, lr.theta_state(lr.make_update_network(hidden=8, blocks=1)))
+
+
+def test_shipped_rule_loads():
+    if not lr.DEFAULT_RULE.is_file():
+        pytest.skip("no shipped rule yet")
+    net, artifact = lr.load_rule(None)
+    curve = artifact.array("curve/meta_objective")
+    assert len(curve) == len(artifact.array("curve/step")) > 0
+    assert sum(p.numel() for p in net.parameters()) < 20_000
+
+
+def test_encoder_contract(tmp_path, omniglot_small):
+    images = omniglot_small[0][:120]
+    _write_rule(tmp_path / "rule.h5")
+    make = lambda **kw: lr.LearnedRuleEncoder(width=24, depth=2, steps=5, rule=str(tmp_path / "rule.h5"),  # noqa: E731
+                                              batch_size=16, **kw)
+    encoder = make(seed=1).fit(images)
+    embeddings = encoder.transform(images)
+    assert embeddings.shape == (120, 24) and embeddings.dtype == np.float32
+    assert np.isfinite(embeddings).all()
+    np.testing.assert_array_equal(make(seed=1).fit(images).transform(images), embeddings)
+    assert not np.array_equal(make(seed=2).fit(images).transform(images), embeddings)
+    restored = make(seed=1)
+    restored.set_state(encoder.get_state())
+    np.testing.assert_array_equal(restored.transform(images), embeddings)
+    with pytest.raises(CactusError, match="shape"):
+        encoder.transform(images[:, :14, :14])
+    assert encoder.get_params()["rule_key"] is not None
+    assert lr.LearnedRuleEncoder(dim=32).width == 32  # dim is the width when width is not given
+    with pytest.raises(CactusError, match="--steps"):
+        lr.LearnedRuleEncoder(steps=-1, rule=str(tmp_path / "rule.h5")).fit(images)
+
+
+def test_encoder_is_registered():
+    from embeddings import encoder_class
+
+    assert encoder_class("learned-rule") is lr.LearnedRuleEncoder
+
+
+def _tiny_config(**overrides) -> RuleConfig:
+    options = dict(width_range=(8, 12), depth_range=(1, 2), unroll=6, unroll_min=4, window=2, outer_steps=6,
+                   batch_size=8, pool_classes=4, ways=3, shots=1, queries=1, hidden=4, blocks=1, seed=5)
+    options.update(overrides)
+    return RuleConfig(**options)
+
+
+def _flat(images: np.ndarray) -> np.ndarray:
+    return images[:, ::4, ::4].reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def test_resume_gives_the_same_result(tmp_path, omniglot_small):
+    from cactus.rule.train import MetaTrainer
+
+    pixels, labels = _flat(omniglot_small[0]), omniglot_small[1]
+    config = _tiny_config()
+    whole = MetaTrainer(config, pixels, labels)
+    whole.train()
+    first = MetaTrainer(config, pixels, labels)
+    for _ in range(3):
+        first.outer_step()
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    second = MetaTrainer(config, pixels, labels)
+    second.load_checkpoint(tmp_path / "ckpt.pt")
+    second.train()
+    for name, value in lr.theta_state(whole.theta).items():
+        np.testing.assert_array_equal(lr.theta_state(second.theta)[name], value)
+    assert second.curve["meta_objective"] == whole.curve["meta_objective"]
+    assert whole.counters["run_index"] >= 1  # the run crossed an inner-run boundary
+
+
+def test_signal_writes_a_checkpoint(tmp_path, omniglot_small):
+    from cactus.rule.train import Interrupted, MetaTrainer
+
+    pixels, labels = _flat(omniglot_small[0]), omniglot_small[1]
+    trainer = MetaTrainer(_tiny_config(), pixels, labels)
+    step = trainer.outer_step
+
+    def step_then_signal() -> float:
+        value = step()
+        if trainer.counters["outer"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return value
+
+    trainer.outer_step = step_then_signal
+    with pytest.raises(Interrupted):
+        trainer.train(tmp_path / "ckpt.pt", every=100)
+    resumed = MetaTrainer(_tiny_config(), pixels, labels)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert resumed.counters["outer"] == 2
+    with pytest.raises(CactusError, match="other options"):
+        MetaTrainer(_tiny_config(seed=6), pixels, labels).load_checkpoint(tmp_path / "ckpt.pt")
+
+
+def test_meta_train_command_writes_a_rule(tmp_path):
+    from click.testing import CliRunner
+
+    from cactus.commands.rule import rule
+
+    out = tmp_path / "rule.h5"
+    args = ["meta-train", "--data", "digits", "--image-size", "0", "--out", str(out), "--width-range", "8,12",
+            "--depth-range", "1,2", "--unroll", "4", "--unroll-min", "2", "--window", "2", "--outer-steps", "3",
+            "--batch-size", "16", "--pool-classes", "4", "--ways", "3", "--shots", "1", "--queries", "1",
+            "--hidden", "4", "--blocks", "1", "--threads", "1", "--json"]
+    result = CliRunner().invoke(rule, args)
+    assert result.exit_code == 0, result.output
+    net, artifact = lr.load_rule(out)
+    assert len(artifact.array("curve/meta_objective")) == 3
+    bad = CliRunner().invoke(rule, [*args[:7], "--width-range", "12,8"])
+    assert bad.exit_code != 0 and "--width-range" in str(bad.exception or bad.output)
+
+
+@pytest.mark.slow
+def test_shipped_rule_beats_random_init_on_test_characters():
+    """The shipped rule trains a base MLP whose ridge readout beats the same MLP untrained."""
+    if not lr.DEFAULT_RULE.is_file() or not OMNIGLOT.is_dir():
+        pytest.skip("needs the shipped rule and Omniglot")
+    from cactus.baselines import evaluate_embedding
+    from cactus.data import TEST, load_dataset
+
+    _, artifact = lr.load_rule(None)
+    size = int(artifact.attrs["image_shape"][0])
+    ds = load_dataset(f"omniglot:{OMNIGLOT}", image_size=size)
+    rows = ds.indices(TEST)
+    images, labels = ds.images[rows], ds.true_labels()[rows]
+    scores = {}
+    for steps in (0, None):
+        encoder = lr.LearnedRuleEncoder(width=128, depth=2, steps=steps).fit(images)
+        scores[steps] = evaluate_embedding(encoder.transform(images), labels, "ridge", ways=5, shots=1,
+                                           n_tasks=300)["accuracy"]
+    assert scores[None] > scores[0]

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "acai": "embeddings.acai:ACAIEncoder",
     "bigan": "embeddings.bigan:BiGANEncoder",
     "infogan": "embeddings.infogan:InfoGANEncoder",
+    "learned-rule": "embeddings.learned_rule:LearnedRuleEncoder",
 }
 
 

@@ -40,7 +40,7 @@ class KMeans:
         kmeans = faiss.Kmeans(
             x.shape[1], self.n_clusters, niter=self.n_iter, nredo=self.n_init,
             seed=int(self.random_state) % (2**31 - 1), verbose=False,
-            max_points_per_centroid=max(256, -(-len(x) // self.n_clusters)),
+            max_points_per_centroid=max(256, -(-len(x) // self.n_clusters)), min_points_per_centroid=1,
         )
         kmeans.train(x)
         distances, labels = kmeans.index.search(x, 1)

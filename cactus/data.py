@@ -21,7 +21,7 @@ from cactus.readers import RawImages, read_arrays, read_folder, read_idx, read_o
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
 KINDS = ("digits", "omniglot", "idx", "folder", "npz", "h5")
-SPLIT_RULES = ("default", "classes", "lake", "files")
+SPLIT_RULES = ("default", "classes", "lake", "files", "images")
 OMNIGLOT_COUNTS = (1100, 100, 423)
 CLASS_FRACTIONS = (0.6, 0.1, 0.3)
 CACHE_VERSION = 1
@@ -109,7 +109,8 @@ def load_dataset(
 
     image_size: resize every image to (image_size, image_size); Omniglot defaults to 28.
     split: ``default`` (per dataset), ``classes`` (seeded split by class), ``lake`` (Omniglot's
-        background / evaluation alphabets) or ``files`` (a dataset's own train / test files).
+        background / evaluation alphabets), ``files`` (a dataset's own train / test files) or
+        ``images`` (a seeded half of the images for meta-training, the rest for test; digits' default).
     """
     if split not in SPLIT_RULES:
         raise CactusError(f"--split {split!r}: expected one of {', '.join(SPLIT_RULES)}")
@@ -201,7 +202,14 @@ def _split(kind: str, raw: RawImages, rule: str, seed: int, spec: str) -> tuple[
     n = len(raw.images)
     labelled = raw.class_ids >= 0
     if rule == "default":
-        rule = {"omniglot": "classes", "idx": "files"}.get(kind, "classes")
+        rule = {"omniglot": "classes", "idx": "files", "digits": "images"}.get(kind, "classes")
+    if rule == "images":
+        # Few classes and no files of its own: like CACTUs on MNIST, meta-train on half of the
+        # images (unlabelled) and test on the other half, with all classes.
+        test = np.random.default_rng(seed).permutation(n)[: n // 2]
+        split = np.zeros(n, dtype=np.int8)
+        split[test] = TEST
+        return split, f"images (seed {seed}: {n - n // 2} meta-train / {n // 2} test images)"
     if rule == "lake":
         if kind != "omniglot":
             raise CactusError(f"--split lake: only Omniglot has background / evaluation alphabets, not {spec}")

@@ -1,0 +1,1 @@
+"""Click commands that are more than a thin wrapper (``run``, ``rule``), imported by cli.py."""

@@ -1,0 +1,76 @@
+"""What every stage shares: the cache check, the result it reports, and the dataset reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cactus import log
+from cactus.errors import CactusError
+from cactus.store import cached_key, compute_key
+
+
+@dataclass
+class StageResult:
+    """What a stage reports: where its artifact is, its key, whether it was reused, and figures."""
+
+    stage: str
+    path: Path
+    key: str
+    skipped: bool
+    seconds: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "path": str(self.path), "key": self.key, "skipped": self.skipped,
+                "seconds": round(self.seconds, 3), **self.summary}
+
+
+def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bool) -> tuple[str, bool]:
+    """The stage's key and whether ``out`` already holds it (then the stage is skipped and says so)."""
+    key = compute_key(stage, config, inputs)
+    if not force and cached_key(out, key):
+        log.info(f"{stage}: {out} is up to date (key {key[:12]}), skipping; --force recomputes")
+        return key, True
+    return key, False
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """How to load the dataset again: recorded in every artifact so later stages find the images."""
+
+    spec: str = "digits"
+    image_size: int | None = None
+    split: str = "default"
+    split_seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "image_size": self.image_size, "split": self.split, "split_seed": self.split_seed}
+
+    @classmethod
+    def from_dict(cls, value: Any, where: Path) -> DataRef:
+        try:
+            return cls(str(value["spec"]), value["image_size"], str(value["split"]), int(value["split_seed"]))
+        except (KeyError, TypeError, ValueError):
+            raise CactusError(f"{where}: artifact has no valid dataset reference") from None
+
+    def load(self):
+        from cactus.data import load_dataset
+
+        return load_dataset(self.spec, self.image_size, self.split, self.split_seed)
+
+
+def data_of(artifact) -> DataRef:
+    """The dataset reference an artifact carries in its ``data`` attribute."""
+    return DataRef.from_dict(artifact.attrs.get("data"), artifact.path)
+
+
+def check_fingerprint(artifact, dataset) -> None:
+    """Refuse an artifact whose dataset has changed since it was made."""
+    expected = artifact.attrs.get("data_fingerprint")
+    if expected is not None and expected != dataset.fingerprint():
+        raise CactusError(
+            f"{artifact.path}: made from a different version of --data {dataset.spec} "
+            "(images or split changed); recompute it"
+        )

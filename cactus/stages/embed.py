@@ -1,0 +1,83 @@
+"""``cactus embed``: fit an unsupervised encoder on the meta-train images and embed every image."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cactus import log
+from cactus.errors import CactusError
+from cactus.stages.common import DataRef, StageResult, up_to_date
+from cactus.store import read_artifact, write_artifact
+
+STAGE = "embed"
+
+
+def run_embed(
+    out: Path,
+    data: DataRef,
+    method: str = "pca",
+    options: dict[str, Any] | None = None,
+    encoder_file: Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Embed all images of ``data``; the encoder learns from the meta-train split only.
+
+    Writes /embeddings (N, D) float32, /split (N,) int8 and /encoder/* (the encoder's weights).
+    With ``encoder_file`` (an embed artifact) the stored encoder is reused instead of trained.
+    """
+    from embeddings import encoder_class
+
+    started = time.monotonic()
+    dataset = data.load()
+    inputs = [dataset.fingerprint()]
+    if encoder_file is not None:
+        source = read_artifact(encoder_file, stage=STAGE)
+        params = dict(source.config["encoder"])
+        inputs.append(source.key)
+        config = {"data": data.as_dict(), "encoder": params, "encoder_from": source.key}
+    else:
+        params = {}
+        config = {"data": data.as_dict(), "encoder": None}
+    cls = encoder_class(params.get("method", method))
+    kwargs = {k: v for k, v in (params or options or {}).items() if k != "method"}
+    try:
+        encoder = cls(**kwargs)
+    except TypeError as error:
+        raise CactusError(f"--method {cls.name}: {error}") from None
+    config["encoder"] = encoder.get_params()
+    key, skipped = up_to_date(STAGE, out, config, inputs, force)
+    if skipped:
+        return StageResult(STAGE, out, key, True)
+    train_images = dataset.images[dataset.indices(0)]
+    if encoder_file is not None:
+        encoder.set_state(source.group("encoder"))
+        fit_seconds = 0.0
+    else:
+        log.info(f"embed: fitting {encoder.name} on {len(train_images)} unlabelled meta-train images")
+        fit_start = time.monotonic()
+        encoder.fit(train_images)
+        fit_seconds = time.monotonic() - fit_start
+    embeddings = embed_all(encoder, dataset.images)
+    if not np.isfinite(embeddings).all():
+        raise CactusError(f"--method {encoder.name}: the encoder produced NaN or infinite embeddings")
+    arrays = {"embeddings": embeddings, "split": dataset.split}
+    arrays.update({f"encoder/{name}": value for name, value in encoder.get_state().items()})
+    history = getattr(encoder, "history_", None)
+    attrs = {"data": data.as_dict(), "data_fingerprint": dataset.fingerprint(),
+             "dataset": dataset.describe(), "fit_seconds": fit_seconds}
+    if history:
+        attrs["history"] = history
+    key = write_artifact(out, STAGE, config, inputs, arrays, attrs)
+    summary = {"method": encoder.name, "dim": int(embeddings.shape[1]), "images": int(len(embeddings)),
+               "fit_seconds": round(fit_seconds, 2)}
+    return StageResult(STAGE, out, key, False, time.monotonic() - started, summary)
+
+
+def embed_all(encoder, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Transform images (N, H, W, C) in chunks -> (N, D) float32."""
+    parts = [encoder.transform(images[start : start + chunk]) for start in range(0, len(images), chunk)]
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)

@@ -24,8 +24,8 @@ from embeddings.train_utils import (
     train_epochs,
 )
 
-QUICK_EPOCHS = 3
-FULL_EPOCHS = 12
+QUICK_EPOCHS = 1
+FULL_EPOCHS = 5
 
 
 class ACAIEncoder(Encoder):

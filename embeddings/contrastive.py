@@ -18,8 +18,8 @@ from embeddings.base import Encoder
 if TYPE_CHECKING:
     import torch
 
-QUICK_EPOCHS = 4
-FULL_EPOCHS = 60
+QUICK_EPOCHS = 3
+FULL_EPOCHS = 20
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:

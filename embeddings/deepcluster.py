@@ -14,8 +14,8 @@ import numpy as np
 from cactus.errors import CactusError
 from embeddings.base import Encoder
 
-QUICK_EPOCHS = 6
-FULL_EPOCHS = 40
+QUICK_EPOCHS = 4
+FULL_EPOCHS = 20
 
 
 def pca_whitening(features: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +67,7 @@ class DeepClusterEncoder(Encoder):
         depth: int = 4,
         clusters: int = 500,
         epochs: int | None = None,
-        batch_size: int = 128,
+        batch_size: int = 64,
         lr: float = 0.05,
         weight_decay: float = 1e-5,
         augment: bool = True,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 QUICK_EPOCHS = 3
-FULL_EPOCHS = 20
+FULL_EPOCHS = 10
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:

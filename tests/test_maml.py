@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cactus.meta.maml import MAML, batch_query_loss
+from cactus.meta.maml import BATCHING, MAML, batch_query_loss
 from cactus.meta.maml_reference import maml_reference_meta_gradient
 from cactus.meta.nets import ConvNet
 
@@ -38,11 +38,12 @@ def _float64_learner(first_order: bool, learn_inner_lr: bool) -> MAML:
     return learner
 
 
+@pytest.mark.parametrize("batching", sorted(BATCHING))
 @pytest.mark.parametrize(
     "first_order, learn_inner_lr", [(False, False), (True, False), (False, True), (True, True)],
     ids=["second-order", "first-order", "meta-sgd", "meta-sgd-first-order"],
 )
-def test_vmapped_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr):
+def test_batched_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, batching):
     learner = _float64_learner(first_order, learn_inner_lr)
     batch = _random_batch()
     params = dict(learner.net.named_parameters())
@@ -50,7 +51,7 @@ def test_vmapped_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr)
     leaves = dict(params)
     if isinstance(lrs, dict):
         leaves.update({f"inner_lr/{n}": t for n, t in lrs.items()})
-    losses, logits = batch_query_loss(learner.net, params, lrs, 3, first_order, *batch)
+    losses, logits = BATCHING[batching](learner.net, params, lrs, 3, first_order, *batch)
     got = dict(zip(leaves, torch.autograd.grad(losses.mean(), list(leaves.values())), strict=True))
 
     # The reference runs the stock ConvNet (fused batch norm), not the vmapped path's module.
@@ -105,9 +106,10 @@ def test_meta_step_reduces_query_loss_on_omniglot(omniglot_tasks):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
-def test_predict_shape_dtype_and_adaptation(omniglot_tasks):
+@pytest.mark.parametrize("batching", sorted(BATCHING))
+def test_predict_shape_dtype_and_adaptation(omniglot_tasks, batching):
     support_x, support_y, query_x, _ = omniglot_tasks
-    learner = MAML(1, 28, 5, filters=8, test_inner_steps=3, seed=0, predict_chunk=3)
+    learner = MAML(1, 28, 5, filters=8, test_inner_steps=3, seed=0, predict_chunk=3, batching=batching)
     labels = learner.predict(support_x, support_y, query_x)
     assert labels.shape == (8, 25) and labels.dtype == torch.int64
     assert int(labels.min()) >= 0 and int(labels.max()) < 5
@@ -116,6 +118,16 @@ def test_predict_shape_dtype_and_adaptation(omniglot_tasks):
     learner.inner_lrs = 0.5
     on_support = learner.predict(support_x, support_y, support_x)
     assert (on_support == support_y).float().mean().item() > 0.6
+
+
+def test_predict_is_the_same_under_both_batchings(omniglot_tasks):
+    support_x, support_y, query_x, _ = (t[:4] for t in omniglot_tasks)
+    labels = []
+    for batching in sorted(BATCHING):
+        learner = MAML(1, 28, 5, filters=8, test_inner_steps=5, inner_lr=0.4, seed=3, batching=batching)
+        learner.net.double()
+        labels.append(learner.predict(support_x.double(), support_y, query_x.double()))
+    assert torch.equal(labels[0], labels[1])
 
 
 def test_predict_rejects_more_classes_than_the_head():

@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from cactus.meta.maml_folded import folded_batch_query_loss, folded_forward, folded_task_losses
 from cactus.meta.nets import ConvNet
 
 LR_PREFIX = "inner_lr/"
@@ -126,8 +127,17 @@ def batch_query_loss(
     return vmap(one_task)(support_x, support_y, query_x, query_y)
 
 
+BATCHING = {"folded": folded_batch_query_loss, "vmap": batch_query_loss}
+
+
 class MAML:
-    """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss)."""
+    """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss).
+
+    ``batching`` picks how the task batch runs: ``"vmap"`` maps the pure per-task function with
+    ``torch.func.vmap``; ``"folded"`` (default, about twice as fast on a CPU, see
+    bench/maml_speed.py) runs the same maths with the task axis folded into the conv channels by
+    hand (:mod:`cactus.meta.maml_folded`). Both equal the per-task loop's meta-gradient.
+    """
 
     def __init__(
         self,
@@ -145,8 +155,12 @@ class MAML:
         device: torch.device | str = "cpu",
         seed: int = 0,
         predict_chunk: int = 32,
+        batching: str = "folded",
     ) -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {sorted(BATCHING)}, not {batching!r}")
         torch.manual_seed(seed)
+        self.batching = batching
         self.ways = ways
         self.inner_steps = inner_steps
         self.test_inner_steps = test_inner_steps
@@ -176,7 +190,7 @@ class MAML:
         """One Adam step on the mean query loss of the task batch (shapes as in :mod:`cactus.meta.base`)."""
         self._check(support_y)
         tensors = [t.to(self.device) for t in (support_x, support_y, query_x, query_y)]
-        losses, logits = batch_query_loss(
+        losses, logits = BATCHING[self.batching](
             self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *tensors
         )
         loss = losses.mean()
@@ -201,12 +215,25 @@ class MAML:
             adapted = adapt(self.net, params, lrs, sx, sy, self.test_inner_steps, first_order=True)
             return functional_call(self.net, adapted, (qx,)).argmax(-1)
 
+        def folded(sx, sy, qx):
+            fast = {n: w.expand(sx.shape[0], *w.shape) for n, w in params.items()}
+            for _ in range(self.test_inner_steps):  # first order: no graph is kept between steps
+                fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
+                with torch.enable_grad():
+                    losses, _ = folded_task_losses(self.net, fast, sx, sy)
+                    grads = torch.autograd.grad(losses.sum(), list(fast.values()))
+                fast = {
+                    n: w - (lrs[n] if isinstance(lrs, dict) else lrs) * g
+                    for (n, w), g in zip(fast.items(), grads, strict=True)
+                }
+            return folded_forward(self.net, fast, qx).argmax(-1)
+
         out = []
         with torch.no_grad():  # torch.func.grad still differentiates the inner loop
             for start in range(0, support_x.shape[0], self.predict_chunk):
                 chunk = slice(start, start + self.predict_chunk)
                 sx, sy, qx = (t[chunk].to(self.device) for t in (support_x, support_y, query_x))
-                out.append(vmap(one_task)(sx, sy, qx))
+                out.append(vmap(one_task)(sx, sy, qx) if self.batching == "vmap" else folded(sx, sy, qx))
         return torch.cat(out).to(torch.int64)
 
     def state_dict(self) -> dict[str, Any]:

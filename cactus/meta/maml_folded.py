@@ -1,0 +1,95 @@
+"""MAML's task batch folded into the conv net's channels: the batching ``vmap`` does, written out.
+
+``torch.func.vmap`` runs a conv whose weights differ per task as one grouped conv (task axis folded
+into the channel axis, ``groups=B``). Doing that fold by hand for the whole conv4 net keeps every
+task's activations in one (S, B*C, H, W) tensor: batch norm with per-task statistics is then the
+ordinary fused batch norm over B*C channels, and the per-task inner gradients come from one
+``torch.autograd.grad`` of the summed task losses (tasks share nothing, so d(sum)/d(task weights)
+is each task's own gradient). Same maths as the per-task function of :mod:`cactus.meta.maml`
+mapped with ``vmap``, without the per-op transform overhead and with the fused batch norm, whose
+second derivative is wrong under ``vmap`` in torch 2.13.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Params = dict[str, torch.Tensor]
+
+
+def folded_forward(net: nn.Module, params: Params, images: torch.Tensor) -> torch.Tensor:
+    """Per-task weights through a :class:`cactus.meta.nets.ConvNet` with a head.
+
+    params: name -> (B, *shape of that parameter), one set of weights per task.
+    images: (B, S, C, H, W). Returns logits (B, S, n_way).
+    """
+    batch, shots = images.shape[:2]
+    h = images.transpose(0, 1).reshape(shots, batch * images.shape[2], *images.shape[3:])
+    for i, block in enumerate(net.features):
+        for j, layer in enumerate(block):
+            weight, bias = params.get(f"features.{i}.{j}.weight"), params.get(f"features.{i}.{j}.bias")
+            if isinstance(layer, nn.Conv2d):
+                h = F.conv2d(
+                    h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), layer.stride, layer.padding,
+                    groups=batch,
+                )
+            elif isinstance(layer, nn.ReLU):
+                h = F.relu(h)
+            elif isinstance(layer, nn.MaxPool2d):
+                h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding)
+            elif hasattr(layer, "eps") and weight is not None:  # batch norm on the batch's own statistics
+                h = F.batch_norm(h, None, None, weight.reshape(-1), bias.reshape(-1), True, 0.0, layer.eps)
+            else:
+                raise TypeError(f"folded_forward does not know layer {type(layer).__name__}")
+    features = h.mean((2, 3)).view(shots, batch, -1).transpose(0, 1)  # (B, S, filters)
+    return torch.baddbmm(params["head.bias"].unsqueeze(1), features, params["head.weight"].transpose(1, 2))
+
+
+def folded_task_losses(
+    net: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B, S, C, H, W), labels (B, S) -> per-task mean cross-entropy (B,), logits (B, S, N)."""
+    logits = folded_forward(net, params, images)
+    batch, shots, ways = logits.shape
+    losses = F.cross_entropy(logits.reshape(-1, ways), labels.reshape(-1), reduction="none")
+    return losses.view(batch, shots).mean(1), logits
+
+
+def folded_adapt(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    steps: int,
+    first_order: bool = False,
+) -> Params:
+    """Every task's inner loop at once: shared params (*shape) -> adapted per-task params (B, *shape)."""
+    batch = support_x.shape[0]
+    fast = {n: w.expand(batch, *w.shape) for n, w in params.items()}
+    for _ in range(steps):
+        losses, _ = folded_task_losses(net, fast, support_x, support_y)
+        grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=not first_order)
+        fast = {
+            n: w - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * g
+            for (n, w), g in zip(fast.items(), grads, strict=True)
+        }
+    return fast
+
+
+def folded_batch_query_loss(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    steps: int,
+    first_order: bool,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop-in for :func:`cactus.meta.maml.batch_query_loss`: losses (B,), logits (B, N*Q, N)."""
+    adapted = folded_adapt(net, params, inner_lrs, support_x, support_y, steps, first_order)
+    return folded_task_losses(net, adapted, query_x, query_y)

@@ -61,7 +61,8 @@ def data_options(function):
                      help="digits | omniglot:PATH | idx:PATH | folder:PATH | npz:PATH | h5:PATH"),
         click.option("--image-size", type=int, default=None, help="Resize images to SIZE x SIZE (Omniglot: 28)."),
         click.option("--split", default="default", show_default=True,
-                     type=click.Choice(["default", "classes", "lake", "files", "images"]), help="How classes are split."),
+                     type=click.Choice(["default", "classes", "lake", "files", "images"]),
+                     help="How images are split into meta-train / validation / test."),
         click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the class split."),
     ]):
         function = decorator(function)

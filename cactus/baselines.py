@@ -99,7 +99,7 @@ def predict_cluster_matching(
     predictions = rng.integers(ways, size=query_clusters.shape)
     for t in range(len(query_clusters)):
         lookup = {}
-        for cluster, label in zip(support_clusters[t], support_labels):
+        for cluster, label in zip(support_clusters[t], support_labels, strict=False):
             lookup.setdefault(int(cluster), []).append(int(label))
         for j, cluster in enumerate(query_clusters[t]):
             if int(cluster) in lookup:

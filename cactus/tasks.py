@@ -52,7 +52,7 @@ def _members_table(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, np.nd
     ends = np.searchsorted(sorted_labels, usable, side="right")
     sizes = ends - starts
     members = np.full((len(usable), int(sizes.max())), -1, dtype=np.int64)
-    for c, (start, end) in enumerate(zip(starts, ends)):
+    for c, (start, end) in enumerate(zip(starts, ends, strict=False)):
         members[c, : end - start] = order[start:end]
     return members, sizes
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embeddings.base import Encoder, as_float_pixels
 from cactus.errors import CactusError
+from embeddings.base import Encoder, as_float_pixels
 
 
 class PCAEncoder(Encoder):

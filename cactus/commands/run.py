@@ -21,9 +21,11 @@ def default_out_dir(spec: str) -> Path:
 @click.option("--data", default="digits", show_default=True,
               help="digits | omniglot:PATH | idx:PATH | folder:PATH | npz:PATH | h5:PATH")
 @click.option("--image-size", type=int, default=None)
-@click.option("--split", default="default", show_default=True, type=click.Choice(["default", "classes", "lake", "files", "images"]))
+@click.option("--split", default="default", show_default=True,
+              type=click.Choice(["default", "classes", "lake", "files", "images"]))
 @click.option("--split-seed", type=int, default=0, show_default=True)
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="Folder for the artifacts [runs/<data>].")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the artifacts [runs/<data>].")
 @click.option("--method", default="pca", show_default=True, help="Encoder for the embed stage.")
 @click.option("--dim", type=int, default=None, help="Embedding dimension [64, at most half the pixels].")
 @click.option("--clusters", type=int, default=None, help="k [500, fewer on small data].")
@@ -47,7 +49,6 @@ def run(data, image_size, split, split_seed, out_dir, method, dim, clusters, par
     """Run embed -> cluster -> tasks -> meta -> evaluate on one dataset and print the evaluation."""
     import json
 
-    from cli import _int_list, format_report
     from cactus import log
     from cactus.evaluate import run_evaluate
     from cactus.stages.cluster import run_cluster
@@ -55,6 +56,7 @@ def run(data, image_size, split, split_seed, out_dir, method, dim, clusters, par
     from cactus.stages.embed import run_embed
     from cactus.stages.meta import run_meta
     from cactus.stages.tasks import run_tasks
+    from cli import _int_list, format_report
 
     eval_ways_list = _int_list(None, None, eval_ways)
     eval_shots_list = _int_list(None, None, eval_shots)

@@ -1,0 +1,41 @@
+"""Shared fixtures: where the real data lives, and a small cactus CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+OMNIGLOT = SHARED_DATA / "omniglot"
+
+needs_omniglot = pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").exists(),
+                                    reason="../shared/data/omniglot is not beside the checkout")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run ``cactus ARGS`` in a subprocess, as a user would; returns the CompletedProcess."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", "from cli import main; main()", *args], cwd=cwd or REPO,
+                          env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def omniglot():
+    """The real Omniglot dataset at 28x28 with the default split (decoded once, then cached)."""
+    if not (OMNIGLOT / "images_background.zip").exists():
+        pytest.skip("../shared/data/omniglot is not beside the checkout")
+    from cactus.data import load_dataset
+
+    return load_dataset(f"omniglot:{OMNIGLOT}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)

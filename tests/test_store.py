@@ -1,0 +1,90 @@
+"""The HDF5 artifact store: round trip, keys, cache decisions, atomic writes, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from cactus.errors import CactusError
+from cactus.stages.common import up_to_date
+from cactus.store import cached_key, compute_key, read_artifact, write_artifact
+
+
+def test_round_trip_keeps_arrays_attributes_and_groups(tmp_path):
+    arrays = {"embeddings": np.random.default_rng(0).random((300, 64), dtype=np.float32),
+              "weights/conv.weight": np.arange(12, dtype=np.float64).reshape(3, 4)}
+    key = write_artifact(tmp_path / "a.h5", "embed", {"b": 1, "a": [1, 2]}, ["in1"], arrays, {"curve": [1.5, 2.5]})
+    artifact = read_artifact(tmp_path / "a.h5", stage="embed")
+    assert artifact.key == key == compute_key("embed", {"a": [1, 2], "b": 1}, ["in1"])
+    assert artifact.config == {"a": [1, 2], "b": 1} and artifact.inputs == ["in1"]
+    assert artifact.attrs["curve"] == [1.5, 2.5]
+    assert np.array_equal(artifact.array("embeddings"), arrays["embeddings"])
+    assert np.array_equal(artifact.group("weights")["conv.weight"], arrays["weights/conv.weight"])
+    with h5py.File(tmp_path / "a.h5") as raw:  # plain h5py reads it, config is sorted JSON
+        assert raw.attrs["config"] == json.dumps({"a": [1, 2], "b": 1}, sort_keys=True)
+        assert raw["embeddings"].compression == "gzip"
+
+
+def test_key_is_stable_and_changes_with_config_or_inputs():
+    base = compute_key("cluster", {"k": 500, "p": 100}, ["x"])
+    assert base == compute_key("cluster", {"p": 100, "k": 500}, ["x"])
+    assert base != compute_key("cluster", {"k": 501, "p": 100}, ["x"])
+    assert base != compute_key("cluster", {"k": 500, "p": 100}, ["y"])
+    assert base != compute_key("tasks", {"k": 500, "p": 100}, ["x"])
+    assert len(base) == 64 and int(base, 16) >= 0
+
+
+def test_cache_skips_when_up_to_date_recomputes_on_change_and_on_force(tmp_path, capsys):
+    out = tmp_path / "p.h5"
+    key, skipped = up_to_date("cluster", out, {"k": 5}, ["in"], force=False)
+    assert not skipped
+    write_artifact(out, "cluster", {"k": 5}, ["in"], {"labels": np.zeros((1, 3), np.int32)})
+    assert up_to_date("cluster", out, {"k": 5}, ["in"], force=False) == (key, True)
+    assert "up to date" in capsys.readouterr().err
+    assert not up_to_date("cluster", out, {"k": 6}, ["in"], force=False)[1]
+    assert not up_to_date("cluster", out, {"k": 5}, ["changed"], force=False)[1]
+    assert not up_to_date("cluster", out, {"k": 5}, ["in"], force=True)[1]
+
+
+def test_corrupt_and_foreign_files_are_reported_by_path(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
+    with pytest.raises(CactusError, match="corrupt.h5: corrupt or unreadable artifact"):
+        read_artifact(corrupt)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(CactusError, match="foreign.h5: not a cactus artifact"):
+        read_artifact(foreign)
+    write_artifact(tmp_path / "t.h5", "tasks", {}, [], {})
+    with pytest.raises(CactusError, match="is a 'tasks' artifact, expected a 'meta' artifact"):
+        read_artifact(tmp_path / "t.h5", stage="meta")
+    # a corrupt artifact is a cache miss, with a warning, not a crash
+    assert not cached_key(corrupt, "whatever")
+    assert "corrupt.h5" in capsys.readouterr().err
+
+
+def test_a_write_killed_midway_leaves_no_file_under_the_final_name(tmp_path):
+    target = tmp_path / "big.h5"
+    script = (
+        "import numpy as np, sys\n"
+        "from cactus.store import write_artifact\n"
+        "big = {f'a{i}': np.random.default_rng(i).random((1000, 1000)) for i in range(20)}\n"
+        "print('writing', flush=True)\n"
+        f"write_artifact({str(target)!r}, 'embed', {{}}, [], big)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    time.sleep(0.5)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not target.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert all(p.name.startswith(".big.h5.") for p in leftovers)  # only the temporary file, never big.h5

@@ -11,8 +11,8 @@ readout (``cactus.baselines.evaluate_embedding(..., learner="ridge")``: 5-way 1-
 
 Transfer rows: a width and a depth outside the meta-training ranges, a fixed random permutation
 of the pixels (the same permutation for every image), and 28x28 inputs when the rule was
-meta-trained on another size. Writes ``bench/results/learned_rule.json`` and prints a markdown
-table.
+meta-trained on another size. Writes ``bench/results/learned_rule.json`` and
+``.md`` beside it, and prints the markdown table.
 """
 
 from __future__ import annotations
@@ -101,9 +101,13 @@ def main(argv: list[str] | None = None) -> dict:
     results["pixels"] = ridge_scores(images.reshape(len(images), -1).astype(np.float32), labels, args.tasks,
                                      args.seed)
     wide = 4 * int(config["width_range"][1])
-    deep = int(config["depth_range"][1]) + 2
+    deep = int(config["depth_range"][1]) + 1
+    shallow = int(config["depth_range"][0]) - 1
     rows_out["wider"] = rule_vs_random(images, labels, rule_path, wide, args.depth, steps, args.tasks, args.seed)
     rows_out["deeper"] = rule_vs_random(images, labels, rule_path, args.width, deep, steps, args.tasks, args.seed)
+    if shallow >= 1:
+        rows_out["shallower"] = rule_vs_random(images, labels, rule_path, args.width, shallow, steps, args.tasks,
+                                               args.seed)
     permutation = np.random.default_rng(1234).permutation(size * size)
     flat = images.reshape(len(images), -1)[:, permutation].reshape(images.shape)
     rows_out["permuted_pixels"] = rule_vs_random(flat, labels, rule_path, args.width, args.depth, steps,
@@ -115,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(markdown(results))
+    table = markdown(results)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
     return results
 
 
@@ -127,7 +133,8 @@ def markdown(results: dict) -> str:
     """The table: one line per base model, rule vs random init, and the PCA / pixel baselines."""
     head = "| base model | training | 5-way 1-shot | 10-way 10-shot |\n|---|---|---|---|"
     lines = [head]
-    labels = {"in_range": "in range", "wider": "width outside range", "deeper": "depth outside range",
+    labels = {"in_range": "in range", "wider": "width outside range", "deeper": "depth above range",
+              "shallower": "depth below range",
               "permuted_pixels": "permuted pixels", "28x28_inputs": "28x28 inputs"}
     for key, row in results["rows"].items():
         what = f"{labels[key]}: width {row['width']}, depth {row['depth']}"

@@ -292,6 +292,10 @@ class LearnedRuleEncoder(Encoder):
     ``dim`` is used as the width (``dim`` is ignored when ``width`` is given). ``depth`` is the number
     of layers, ``steps`` the number of unsupervised steps (default: the longest inner run the rule
     was meta-trained on), ``rule`` a rule .h5 from ``cactus rule meta-train`` (None: the shipped rule).
+    ``rule_key`` is filled in by :meth:`get_params` (the rule artifact's key, so that the cache key
+    changes with the rule's content) and accepted back so that stored params rebuild the encoder.
+    The rule is neuron-local, so any image size works, but the shipped rule was meta-trained on
+    14x14 images: ``--image-size 14`` matches it best.
 
     Learned: weights_ [(n_{l+1}, n_l) float32], stats_ [(mean, var) per layer] (population batch-norm
     statistics over the fitted images, used by :meth:`transform`).
@@ -311,6 +315,7 @@ class LearnedRuleEncoder(Encoder):
         device: str = "cpu",
         threads: int | None = None,
         quick: bool = False,
+        rule_key: str | None = None,
     ) -> None:
         width = int(width) if width is not None else int(dim)
         super().__init__(dim=width, seed=seed, width=width, depth=depth, steps=steps,

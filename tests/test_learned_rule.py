@@ -164,7 +164,10 @@ def test_encoder_contract(tmp_path, omniglot_small):
     np.testing.assert_array_equal(restored.transform(images), embeddings)
     with pytest.raises(CactusError, match="shape"):
         encoder.transform(images[:, :14, :14])
-    assert encoder.get_params()["rule_key"] is not None
+    params = encoder.get_params()
+    assert params["rule_key"] is not None and params["width"] == 24
+    rebuilt = lr.LearnedRuleEncoder(**{k: v for k, v in params.items() if k != "method"})
+    assert rebuilt.get_params() == params  # stored params rebuild the encoder (embed --encoder)
     assert lr.LearnedRuleEncoder(dim=32).width == 32  # dim is the width when width is not given
     with pytest.raises(CactusError, match="--steps"):
         lr.LearnedRuleEncoder(steps=-1, rule=str(tmp_path / "rule.h5")).fit(images)

@@ -137,6 +137,19 @@ def test_predict_rejects_more_classes_than_the_head():
         learner.predict(support_x, support_y, query_x)
 
 
+def test_task_chunks_give_the_same_step():
+    batch = _random_batch()
+    results = []
+    for chunk in (None, 2):
+        learner = _float64_learner(False, False)
+        learner.task_chunk = chunk
+        results.append((learner.meta_step(*batch), learner.weights()))
+    assert results[1][0]["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-12)
+    assert results[1][0]["accuracy"] == pytest.approx(results[0][0]["accuracy"])
+    for k, v in results[0][1].items():
+        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.parametrize("learn_inner_lr", [False, True])
 def test_weights_and_state_round_trip(learn_inner_lr):
     batch = _random_batch(torch.float32)

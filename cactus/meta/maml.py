@@ -137,6 +137,8 @@ class MAML:
     ``torch.func.vmap``; ``"folded"`` (default, about twice as fast on a CPU, see
     bench/maml_speed.py) runs the same maths with the task axis folded into the conv channels by
     hand (:mod:`cactus.meta.maml_folded`). Both equal the per-task loop's meta-gradient.
+    Both keep every task's unrolled graph alive at once; ``task_chunk`` runs the meta-batch that
+    many tasks at a time (same gradient, one Adam step) to trade speed for memory.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class MAML:
         seed: int = 0,
         predict_chunk: int = 32,
         batching: str = "folded",
+        task_chunk: int | None = None,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {sorted(BATCHING)}, not {batching!r}")
@@ -167,6 +170,7 @@ class MAML:
         self.first_order = first_order
         self.learn_inner_lr = learn_inner_lr
         self.predict_chunk = predict_chunk
+        self.task_chunk = task_chunk
         self.device = torch.device(device)
         self.net = vmap_safe(ConvNet(in_channels, image_size, filters, ways, downsample)).to(self.device)
         self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
@@ -190,15 +194,20 @@ class MAML:
         """One Adam step on the mean query loss of the task batch (shapes as in :mod:`cactus.meta.base`)."""
         self._check(support_y)
         tensors = [t.to(self.device) for t in (support_x, support_y, query_x, query_y)]
-        losses, logits = BATCHING[self.batching](
-            self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *tensors
-        )
-        loss = losses.mean()
+        batch = tensors[0].shape[0]
+        chunk = self.task_chunk or batch
         self.optimiser.zero_grad()
-        loss.backward()
+        loss_sum, correct = 0.0, 0.0
+        for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
+            part = [t[start : start + chunk] for t in tensors]
+            losses, logits = BATCHING[self.batching](
+                self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *part
+            )
+            (losses.sum() / batch).backward()
+            loss_sum += losses.sum().item()
+            correct += (logits.argmax(-1) == part[3]).float().mean(1).sum().item()
         self.optimiser.step()
-        accuracy = (logits.argmax(-1) == tensors[3]).float().mean().item() * 100
-        return {"loss": loss.item(), "accuracy": accuracy}
+        return {"loss": loss_sum / batch, "accuracy": correct / batch * 100}
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         """Adapt ``test_inner_steps`` on each support set; labels (B, N*Q) int64 for the queries.

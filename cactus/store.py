@@ -101,6 +101,10 @@ def write_artifact(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    finally:
+        from cactus.lock import release
+
+        release(path)  # taken by cactus.stages.common.up_to_date, if it was
     return key
 
 

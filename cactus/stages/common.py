@@ -27,11 +27,27 @@ class StageResult:
                 "seconds": round(self.seconds, 3), **self.summary}
 
 
-def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bool) -> tuple[str, bool]:
-    """The stage's key and whether ``out`` already holds it (then the stage is skipped and says so)."""
+def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bool,
+               lock: bool = True) -> tuple[str, bool]:
+    """The stage's key and whether ``out`` already holds it (then the stage is skipped and says so).
+
+    When the stage must run, the lock ``out.lock`` is taken first (waiting while another job
+    writes ``out``) and the cache checked again, so a job that waited reuses what the other one
+    wrote. The lock is held until :func:`cactus.store.write_artifact` has written ``out`` (or the
+    process ends); ``lock=False`` skips it (ranks > 0 of a distributed job, which never write).
+    """
+    from cactus import lock as locks
+
     key = compute_key(stage, config, inputs)
     if not force and cached_key(out, key):
         log.info(f"{stage}: {out} is up to date (key {key[:12]}), skipping; --force recomputes")
+        return key, True
+    if not lock:
+        return key, False
+    waited = locks.acquire(out)
+    if waited and not force and cached_key(out, key):
+        locks.release(out)
+        log.info(f"{stage}: {out} was just written by another job with the same key {key[:12]}; reusing it")
         return key, True
     return key, False
 

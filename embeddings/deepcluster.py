@@ -14,8 +14,8 @@ import numpy as np
 from cactus.errors import CactusError
 from embeddings.base import Encoder
 
-QUICK_EPOCHS = 4
-FULL_EPOCHS = 20
+QUICK_EPOCHS = 3
+FULL_EPOCHS = 10
 
 
 def pca_whitening(features: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -103,7 +103,8 @@ def main(quiet: bool, verbose: bool) -> None:
     log.set_verbosity(0 if quiet else 2 if verbose else 1)
 
 
-ENCODER_OPTIONS = ("dim", "epochs", "batch_size", "lr", "seed", "device", "threads", "width", "depth", "steps", "rule")
+ENCODER_OPTIONS = ("dim", "epochs", "batch_size", "lr", "seed", "device", "threads", "width", "depth", "steps", "rule",
+                   "quick")
 
 
 @main.command()
@@ -121,6 +122,7 @@ ENCODER_OPTIONS = ("dim", "epochs", "batch_size", "lr", "seed", "device", "threa
 @click.option("--depth", type=int, default=None, help="learned-rule: base MLP depth.")
 @click.option("--steps", type=int, default=None, help="learned-rule: unsupervised steps.")
 @click.option("--rule", type=str, default=None, help="learned-rule: rule artifact (default: the shipped one).")
+@click.option("--quick", is_flag=True, default=None, help="The encoder's quick setting (minutes on a CPU).")
 @with_options(device_options)
 @force_option
 @json_option
@@ -236,27 +238,56 @@ def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--learner", type=click.Choice(["protonets", "maml", "knn", "linear", "mlp", "ridge"]), default=None,
-              help="Embedding learner for an embed artifact [knn]; a meta artifact uses its own.")
+@click.option("--learner", default=None,
+              type=click.Choice(["protonets", "maml", "knn", "linear", "mlp", "ridge", "cluster-matching"]),
+              help="For an embed artifact: knn (default), linear, mlp, ridge; for a cluster artifact: "
+              "cluster-matching; a meta artifact uses its own learner.")
+@click.option("--embeddings", "embeddings_path", type=click.Path(path_type=Path), default=None,
+              help="cluster-matching: the embed artifact that was clustered.")
 @click.option("--ways", default="5", show_default=True, callback=_int_list, help="Comma-separated, e.g. 5,20.")
 @click.option("--shots", default="1,5", show_default=True, callback=_int_list, help="Comma-separated, e.g. 1,5.")
 @click.option("--queries", type=int, default=5, show_default=True)
 @click.option("--num-tasks", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation tasks.")
+@click.option("--benchmark", type=click.Choice(["tasks", "omniglot-lake-runs"]), default="tasks", show_default=True,
+              help="omniglot-lake-runs: Lake et al.'s 20 runs of 20-way 1-shot (train on --split lake).")
+@click.option("--runs", "runs_path", type=click.Path(path_type=Path), default=None,
+              help="one_shot_classification_all_runs.zip [beside the Omniglot folder].")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 @with_options(device_options)
 @json_option
-def evaluate(artifact, learner, ways, shots, queries, num_tasks, seed, device, threads, as_json):
+def evaluate(artifact, learner, embeddings_path, ways, shots, queries, num_tasks, seed, benchmark, runs_path, out,
+             device, threads, as_json):
     """Few-shot accuracy (95% interval) on true-label tasks of the test classes."""
     from cactus.evaluate import run_evaluate
 
-    report = run_evaluate(artifact, learner, ways, shots, queries, num_tasks, seed, device, threads)
+    report = run_evaluate(artifact, learner, ways, shots, queries, num_tasks, seed, device, threads, embeddings_path,
+                          benchmark, runs_path)
+    if out is not None:
+        write_json(out, report)
     emit(report, as_json, format_report(report))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    import os
+
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise CactusError(f"--out {path}: cannot write ({error.strerror})") from None
 
 
 def format_report(report: dict) -> str:
     tag = "  [SUPERVISED oracle]" if report["supervised"] else ""
     lines = [f"{report['learner']} on {report['data']} ({report['artifact']}){tag}"]
-    for r in report["results"]:
+    if report.get("benchmark") == "omniglot-lake-runs":
+        runs = " ".join(f"{e:.0f}" for e in report["per_run_error"].values())
+        lines.append(f"  Lake et al. 20 runs of 20-way 1-shot: error {report['error']:.2f}% (per run: {runs})")
+    for r in report.get("results", []):
         lines.append(f"  {r['ways']:>3}-way {r['shots']}-shot: {r['accuracy']:6.2f}% +- {r['ci95']:.2f} "
                      f"({r['tasks']} tasks, {r['queries']} queries)")
     return "\n".join(lines)

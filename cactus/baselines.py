@@ -107,12 +107,9 @@ def predict_cluster_matching(
     return predictions
 
 
-def accuracy_interval(correct: np.ndarray) -> tuple[float, float]:
-    """Mean accuracy over tasks and the half-width of its 95% normal interval (both in %).
-
-    correct: (T, Q) bool.
-    """
-    per_task = correct.mean(axis=1) * 100
+def accuracy_interval(per_task: np.ndarray) -> tuple[float, float]:
+    """Mean of per-task accuracies (T,) in % and the half-width of its 95% normal interval."""
+    per_task = np.asarray(per_task, dtype=np.float64)
     half = 1.96 * per_task.std(ddof=1) / np.sqrt(len(per_task)) if len(per_task) > 1 else float("nan")
     return float(per_task.mean()), float(half)
 
@@ -145,6 +142,6 @@ def evaluate_embedding(
         predicted = predict_ridge(support, s_labels, query, ways)
     else:
         predicted = predict_sklearn(learner, support, s_labels, query, seed)
-    mean, half = accuracy_interval(predicted == tasks.query_labels()[None])
+    mean, half = accuracy_interval((predicted == tasks.query_labels()[None]).mean(axis=1) * 100)
     return {"learner": learner, "ways": ways, "shots": shots, "queries": queries,
             "tasks": n_tasks, "accuracy": mean, "ci95": half}

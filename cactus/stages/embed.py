@@ -81,3 +81,17 @@ def embed_all(encoder, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Transform images (N, H, W, C) in chunks -> (N, D) float32."""
     parts = [encoder.transform(images[start : start + chunk]) for start in range(0, len(images), chunk)]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def load_encoder(artifact):
+    """Rebuild the trained encoder stored in an embed artifact (its params and weights)."""
+    from embeddings import encoder_class
+
+    params = dict(artifact.config.get("encoder") or {})
+    cls = encoder_class(params.pop("method", "pca"))
+    try:
+        encoder = cls(**params)
+        encoder.set_state(artifact.group("encoder"))
+    except (TypeError, KeyError, ValueError) as error:
+        raise CactusError(f"{artifact.path}: stored encoder cannot be rebuilt ({error})") from None
+    return encoder

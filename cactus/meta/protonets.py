@@ -65,7 +65,12 @@ class ProtoNets:
 
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
-        return self._logits(support_x, support_y, query_x).argmax(-1)
+        # One task at a time: batch norm then normalises over each task's own images, as in training,
+        # so a task's prediction does not depend on which other tasks share the batch.
+        return torch.cat([
+            self._logits(support_x[t : t + 1], support_y[t : t + 1], query_x[t : t + 1]).argmax(-1)
+            for t in range(len(support_x))
+        ])
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "optimiser": self.optimiser.state_dict()}

@@ -25,7 +25,7 @@ from embeddings.train_utils import (
 )
 
 QUICK_EPOCHS = 1
-FULL_EPOCHS = 5
+FULL_EPOCHS = 3
 
 
 class ACAIEncoder(Encoder):

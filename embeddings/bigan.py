@@ -26,8 +26,8 @@ from embeddings.train_utils import (
     train_epochs,
 )
 
-QUICK_EPOCHS = 4
-FULL_EPOCHS = 15
+QUICK_EPOCHS = 2
+FULL_EPOCHS = 4
 PROBE_SIZE = 256  # images / codes used for the per-epoch reconstruction figures
 
 

@@ -28,8 +28,8 @@ from embeddings.train_utils import (
     train_epochs,
 )
 
-QUICK_EPOCHS = 4
-FULL_EPOCHS = 15
+QUICK_EPOCHS = 3
+FULL_EPOCHS = 8
 CONTINUOUS_WEIGHT = 0.5  # the continuous codes' squared error = a fixed-variance Gaussian NLL
 
 
@@ -44,14 +44,17 @@ class InfoDiscriminator(nn.Module):
         super().__init__()
         self.categories = categories
         self.trunk = ConvTrunk(image_shape, width, dim)
-        self.real_head = nn.Linear(dim, 1)
+        self.real_head = nn.Linear(dim + 1, 1)
         self.q_head = nn.Sequential(nn.Linear(dim, 128), nn.LeakyReLU(0.2), nn.Linear(128, categories + continuous))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.trunk(images)
         hidden = F.leaky_relu(features, 0.2)
         q = self.q_head(hidden)
-        return features, self.real_head(hidden).squeeze(1), q[:, : self.categories], q[:, self.categories :]
+        # Minibatch spread (Karras et al. 2018): a collapsed batch of fakes has none, so D sees collapse.
+        spread = hidden.std(0).mean() if len(hidden) > 1 else hidden.new_zeros(())
+        logits = self.real_head(torch.cat([hidden, spread.expand(len(hidden), 1)], dim=1)).squeeze(1)
+        return features, logits, q[:, : self.categories], q[:, self.categories :]
 
 
 class InfoGANEncoder(Encoder):
@@ -75,22 +78,24 @@ class InfoGANEncoder(Encoder):
         categories: int = 10,
         continuous: int = 2,
         info_weight: float = 1.0,
+        feature_matching: bool = True,
         quick: bool = False,
         device: str = "auto",
         threads: int | None = None,
     ) -> None:
         epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
-        width = width if width is not None else (16 if quick else 32)
+        width = width if width is not None else 16
         check_options(
             dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, width=width, noise=noise, categories=categories
         )
         super().__init__(
             dim=dim, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, width=width, noise=noise,
-            categories=categories, continuous=continuous, info_weight=info_weight, quick=quick, device=device,
+            categories=categories, continuous=continuous, info_weight=info_weight,
+            feature_matching=feature_matching, quick=quick, device=device,
         )
         self.epochs, self.batch_size, self.lr, self.width = epochs, batch_size, lr, width
         self.noise, self.categories, self.continuous, self.info_weight = noise, categories, continuous, info_weight
-        self.quick, self.device, self.threads = quick, device, threads
+        self.feature_matching, self.quick, self.device, self.threads = feature_matching, quick, device, threads
 
     def _build(self, image_shape: tuple[int, int, int]) -> None:
         code_dim = self.noise + self.categories + self.continuous
@@ -122,14 +127,19 @@ class InfoGANEncoder(Encoder):
             x = to_tensor(images[indices], device)
             code, category, continuous = (t.to(device) for t in self._sample_codes(len(x), generator))
             fake = self.generator_(code)
-            _, real_logit, _, _ = self.discriminator_(x)
-            _, fake_logit, category_logits, continuous_mean = self.discriminator_(fake)
+            real_features, real_logit, _, _ = self.discriminator_(x)
+            fake_features, fake_logit, category_logits, continuous_mean = self.discriminator_(fake)
             info = F.cross_entropy(category_logits, category)
             if self.continuous:
                 info = info + CONTINUOUS_WEIGHT * (continuous_mean - continuous).pow(2).sum(1).mean()
             adversarial = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
             d_loss = adversarial + self.info_weight * info
-            g_loss = F.softplus(-fake_logit).mean() + self.info_weight * info
+            if self.feature_matching:
+                # Salimans et al. 2016: match the trunk's mean features on real images instead of fooling D.
+                g_adv = (fake_features.mean(0) - real_features.detach().mean(0)).pow(2).mean()
+            else:
+                g_adv = F.softplus(-fake_logit).mean()
+            g_loss = g_adv + self.info_weight * info
             d_opt.zero_grad()
             g_opt.zero_grad()
             # Both players minimise the information loss; each loss only reaches its player's parameters.

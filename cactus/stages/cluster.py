@@ -14,6 +14,7 @@ from cactus.stages.common import StageResult, up_to_date
 from cactus.store import read_artifact, write_artifact
 
 STAGE = "cluster"
+SHARD_STAGE = "cluster-shard"
 
 
 def default_clusters(n_rows: int) -> int:
@@ -36,6 +37,19 @@ def load_train_embeddings(embed_file: Path):
     return embedded, rows, np.ascontiguousarray(embeddings[rows], dtype=np.float32)
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; None stays None."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise CactusError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise CactusError(f"--shard {text}: expected 0 <= I < N")
+    return index, count
+
+
 def run_cluster(
     out: Path,
     embed_file: Path,
@@ -46,8 +60,14 @@ def run_cluster(
     min_clusters: int | None = None,
     iterations: int = 20,
     force: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> StageResult:
-    """Write /labels (P, M) int32 (-1 = dropped small cluster) and /rows (M,) dataset indices."""
+    """Write /labels (P, M) int32 (-1 = dropped small cluster) and /rows (M,) dataset indices.
+
+    With ``shard`` = (I, N) only the partitions p with p % N == I are computed, into a
+    ``cluster-shard`` artifact (/labels (P_I, M), /partitions (P_I,)); :func:`merge_shards`
+    joins the N shards into the artifact an unsharded run writes.
+    """
     from cactus.cluster import partitions as make_partitions
 
     started = time.monotonic()
@@ -60,16 +80,101 @@ def run_cluster(
     min_clusters = min_clusters if min_clusters is not None else max(2, k // 10)
     config = {"clusters": k, "partitions": partitions, "seed": seed, "min_cluster_size": min_cluster_size,
               "min_clusters": min_clusters, "iterations": iterations}
-    key, skipped = up_to_date(STAGE, out, config, [embedded.key], force)
+    stage, which = STAGE, list(range(partitions))
+    if shard is not None:
+        index, count = shard
+        if count > partitions:
+            raise CactusError(f"--shard {index}/{count}: more shards than the {partitions} partitions")
+        stage, which = SHARD_STAGE, which[index::count]
+        config = {**config, "shard": [index, count]}
+    key, skipped = up_to_date(stage, out, config, [embedded.key], force)
     if skipped:
-        return StageResult(STAGE, out, key, True)
-    log.info(f"cluster: {partitions} partitions of {k} clusters over {len(rows)} x {train.shape[1]} embeddings")
+        return StageResult(stage, out, key, True)
+    listed = ", ".join(map(str, which[:4])) + (", ..." if len(which) > 4 else "")
+    of = f" (shard {shard[0]}/{shard[1]}: partitions {listed})" if shard else ""
+    log.info(f"cluster: {len(which)} partitions of {k} clusters over {len(rows)} x {train.shape[1]} embeddings{of}")
     labels = make_partitions(
-        train, range(partitions), k, seed, min_cluster_size, min_clusters, iterations,
-        progress=lambda it: Progress(it, partitions, "cluster"),
+        train, which, k, seed, min_cluster_size, min_clusters, iterations,
+        progress=lambda it: Progress(it, len(which), "cluster"),
     )
     attrs = {key_: embedded.attrs[key_] for key_ in ("data", "data_fingerprint") if key_ in embedded.attrs}
-    key = write_artifact(out, STAGE, config, [embedded.key], {"labels": labels, "rows": rows.astype(np.int64)}, attrs)
+    arrays = {"labels": labels, "rows": rows.astype(np.int64)}
+    if shard is not None:
+        arrays["partitions"] = np.asarray(which, dtype=np.int32)
+    key = write_artifact(out, stage, config, [embedded.key], arrays, attrs)
     kept = (labels >= 0).mean() * 100
-    summary = {"clusters": k, "partitions": partitions, "rows": int(len(rows)), "kept_percent": round(kept, 2)}
+    summary = {"clusters": k, "partitions": len(which), "rows": int(len(rows)), "kept_percent": round(kept, 2)}
+    if shard is not None:
+        summary["shard"] = f"{shard[0]}/{shard[1]}"
+    return StageResult(stage, out, key, False, time.monotonic() - started, summary)
+
+
+def merge_shards(out: Path, shard_files: list[Path], force: bool = False) -> StageResult:
+    """Join the N ``cluster-shard`` artifacts of one configuration into the unsharded ``cluster`` artifact.
+
+    The shards must share the embedding and the configuration and be exactly shards 0..N-1 of N;
+    the result (config, key, labels) is the one ``cactus cluster`` without ``--shard`` writes.
+    """
+    started = time.monotonic()
+    if not shard_files:
+        raise CactusError("cactus cluster merge: give the shard artifacts to merge")
+    shards = [read_artifact(path, stage=SHARD_STAGE) for path in shard_files]
+    first = shards[0]
+    base = {k: v for k, v in first.config.items() if k != "shard"}
+    try:
+        partitions = int(base["partitions"])
+        count = int(first.config["shard"][1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CactusError(f"{first.path}: shard artifact without partitions / shard in its config") from None
+    seen: dict[int, Path] = {}
+    for shard in shards:
+        if shard.inputs != first.inputs:
+            raise CactusError(f"{shard.path}: made from another embedding than {first.path}")
+        if {k: v for k, v in shard.config.items() if k != "shard"} != base:
+            raise CactusError(f"{shard.path}: made with another configuration than {first.path}")
+        index, of = _shard_of(shard)
+        if of != count:
+            raise CactusError(f"{shard.path}: shard {index}/{of}, but {first.path} is one of {count}")
+        if index in seen:
+            raise CactusError(f"{shard.path}: shard {index}/{count} given twice (also {seen[index]})")
+        seen[index] = shard.path
+    missing = sorted(set(range(count)) - set(seen))
+    if missing:
+        raise CactusError(f"cactus cluster merge: shards {', '.join(f'{i}/{count}' for i in missing)} are missing")
+    key, skipped = up_to_date(STAGE, out, base, list(first.inputs), force)
+    if skipped:
+        return StageResult(STAGE, out, key, True)
+    rows = first.array("rows")
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (rows.size and rows.min() < 0):
+        raise CactusError(f"{first.path}: malformed /rows {rows.shape} {rows.dtype}")
+    labels = np.zeros((partitions, len(rows)), dtype=np.int32)
+    for shard in shards:
+        index, _ = _shard_of(shard)
+        which, part = shard.array("partitions"), shard.array("labels")
+        expected = np.arange(partitions)[index::count]
+        if which.shape != expected.shape or not np.array_equal(which, expected):
+            raise CactusError(f"{shard.path}: holds partitions {which.tolist()[:6]}, expected {expected.tolist()[:6]}")
+        if not np.array_equal(shard.array("rows"), rows):
+            raise CactusError(f"{shard.path}: clustered other rows than {first.path}")
+        k = int(base["clusters"])
+        if part.shape != (len(which), len(rows)) or part.dtype.kind not in "iu" or (
+                part.size and (part.min() < -1 or part.max() >= k)):
+            raise CactusError(f"{shard.path}: malformed labels {part.shape} {part.dtype} for {len(rows)} rows")
+        labels[which] = part
+    attrs = {name: first.attrs[name] for name in ("data", "data_fingerprint") if name in first.attrs}
+    key = write_artifact(out, STAGE, base, list(first.inputs), {"labels": labels, "rows": rows}, attrs)
+    log.info(f"cluster: merged {count} shards into {out}")
+    kept = (labels >= 0).mean() * 100
+    summary = {"clusters": int(base["clusters"]), "partitions": partitions, "rows": int(len(rows)),
+               "kept_percent": round(kept, 2), "shards": count}
     return StageResult(STAGE, out, key, False, time.monotonic() - started, summary)
+
+
+def _shard_of(artifact) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in artifact.config["shard"])
+    except (KeyError, TypeError, ValueError):
+        raise CactusError(f"{artifact.path}: shard artifact without a valid shard in its config") from None
+    if count < 1 or not 0 <= index < count:
+        raise CactusError(f"{artifact.path}: invalid shard {index}/{count}")
+    return index, count

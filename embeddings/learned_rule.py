@@ -14,7 +14,7 @@ update is ``dW^l = c^l d^{l-1}^T / B`` (both terms centred over the batch); a la
 the units of layer l, diagonal removed) keeps units decorrelated. Updates are normalised to the
 scale of the weights, rows of W stay unit-norm, and the feedback weights V receive the same
 Hebbian term, so they are learned too. The rule keeps per-unit running statistics (an
-exponential average of its own pooled hidden state) across minibatches.
+exponential average of its own pooled hidden state, squashed by tanh) across minibatches.
 
 Inside h, every layer is a 1-D convolution along the batch axis with kernel size 1 plus a
 batch-mean pooled term (a Deep-Sets layer): a wider kernel would make the update depend on the
@@ -188,7 +188,9 @@ def rule_signals(net, state: BaseState, x0, zs: list, xs: list) -> tuple[list, l
             [zs_all[layer][..., None], xs_all[layer][..., None], _rms_over_batch(top_down)[..., None], flags], -1
         ).transpose(0, 1)  # (n, B, 5): one row per unit
         out, pooled = net(features, state.memory[layer])
-        memory[layer] = MEMORY_DECAY * state.memory[layer] + (1 - MEMORY_DECAY) * pooled
+        # tanh bounds the running statistics: memory feeds back into h, and an unbounded loop with
+        # gain above one made the memory (and then the weights) overflow late in long inner runs.
+        memory[layer] = MEMORY_DECAY * state.memory[layer] + (1 - MEMORY_DECAY) * torch.tanh(pooled)
         delta, d, c = out[..., 0].T, out[..., 1].T, out[..., 2].T  # each (B, n)
         if layer > 0:
             post[layer - 1] = c

@@ -109,6 +109,21 @@ def test_update_is_neuron_local():
     assert not torch.allclose(new.weights[0], state.weights[0])  # the step did change the weights
 
 
+def test_rule_state_stays_finite_with_a_large_memory_gain():
+    """The running statistics are bounded, so a theta whose memory loop has gain > 1 cannot overflow."""
+    torch.manual_seed(0)
+    net = lr.make_update_network(hidden=8, blocks=1)
+    with torch.no_grad():
+        net.memory.weight.mul_(50.0)
+    state = lr.init_base([20, 16, 12], hidden=8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(200):
+            state = lr.unsupervised_step(net, state, torch.rand(16, 20, generator=generator))
+    assert all(bool(torch.isfinite(t).all()) for t in state.tensors())
+    assert max(float(m.abs().max()) for m in state.memory) <= 1.0
+
+
 def test_ridge_loss_matches_numpy_closed_form():
     rng = np.random.default_rng(0)
     support, query = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))

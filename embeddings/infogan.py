@@ -7,6 +7,12 @@ shared trunk thus learns features that carry the codes' factors of variation; it
 (dim,) features, before the activation, are the embedding. ``losses_`` tracks the information
 loss (cross-entropy of the categorical code plus the weighted squared error of the continuous
 ones): it falls as the codes become recoverable.
+
+Two stabilisers keep the generator from collapsing to one image on Omniglot (which it did within
+a few dozen steps with the plain non-saturating loss, leaving the codes unrecoverable): the
+generator matches the trunk's mean features on real images (feature matching, Salimans et al.
+2016; ``feature_matching=False`` gives the paper's loss), and the real/fake head also sees the
+batch's feature spread (minibatch standard deviation, Karras et al. 2018).
 """
 
 from __future__ import annotations

@@ -46,45 +46,50 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def predict_sklearn(
-    kind: str, support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, seed: int
-) -> np.ndarray:
-    """Logistic regression or an MLP with dropout, fitted per task."""
+def predict_linear(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Logistic regression (scikit-learn, C = 1) fitted per task. Shapes (T, S, D), (S,), (T, Q, D) -> (T, Q)."""
+    from sklearn.linear_model import LogisticRegression
+
     predictions = np.empty(query.shape[:2], dtype=np.int64)
     for t in range(len(support)):
-        if kind == "linear":
-            from sklearn.linear_model import LogisticRegression
-
-            model = LogisticRegression(C=1.0, max_iter=200)
-            model.fit(support[t], support_labels)
-            predictions[t] = model.predict(query[t])
-        else:
-            predictions[t] = _mlp_predict(support[t], support_labels, query[t], seed + t)
+        model = LogisticRegression(C=1.0, max_iter=200).fit(support[t], support_labels)
+        predictions[t] = model.predict(query[t])
     return predictions
 
 
-def _mlp_predict(support: np.ndarray, labels: np.ndarray, query: np.ndarray, seed: int) -> np.ndarray:
-    """One hidden layer of 128 ReLU units with dropout 0.5, Adam, 100 full-batch steps."""
+def predict_mlp(
+    support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, seed: int, hidden: int = 128,
+    steps: int = 100,
+) -> np.ndarray:
+    """One hidden layer of ReLU units with dropout 0.5, Adam, full-batch steps; all T tasks trained at once.
+
+    Shapes (T, S, D), (S,), (T, Q, D) -> (T, Q); each task has its own weights (batched matmuls).
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(support, dtype=torch.float32)
-    y = torch.as_tensor(labels)
-    hidden = torch.nn.Linear(x.shape[1], 128)
-    out = torch.nn.Linear(128, int(labels.max()) + 1)
-    for layer in (hidden, out):
-        torch.nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
-        torch.nn.init.zeros_(layer.bias)
-    params = [*hidden.parameters(), *out.parameters()]
-    optimiser = torch.optim.Adam(params, lr=1e-2)
-    for _ in range(100):
-        keep = (torch.rand(x.shape[0], 128, generator=generator) > 0.5).float() * 2
-        loss = torch.nn.functional.cross_entropy(out(torch.relu(hidden(x)) * keep), y)
+    tasks, _, dim = x.shape
+    ways = int(support_labels.max()) + 1
+    y = torch.as_tensor(support_labels).expand(tasks, -1)
+
+    def uniform(*shape: int, fan_in: int) -> torch.Tensor:
+        bound = 1 / fan_in**0.5
+        return ((torch.rand(*shape, generator=generator) * 2 - 1) * bound).requires_grad_()
+
+    w1, b1 = uniform(tasks, dim, hidden, fan_in=dim), uniform(tasks, 1, hidden, fan_in=dim)
+    w2, b2 = uniform(tasks, hidden, ways, fan_in=hidden), uniform(tasks, 1, ways, fan_in=hidden)
+    optimiser = torch.optim.Adam([w1, b1, w2, b2], lr=1e-2)
+    for _ in range(steps):
+        keep = (torch.rand(tasks, x.shape[1], hidden, generator=generator) > 0.5).float() * 2
+        logits = (torch.relu(x @ w1 + b1) * keep) @ w2 + b2
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()) * tasks
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     with torch.no_grad():
-        return out(torch.relu(hidden(torch.as_tensor(query, dtype=torch.float32)))).argmax(1).numpy()
+        q = torch.as_tensor(query, dtype=torch.float32)
+        return (torch.relu(q @ w1 + b1) @ w2 + b2).argmax(-1).numpy()
 
 
 def predict_cluster_matching(
@@ -140,8 +145,10 @@ def evaluate_embedding(
         predicted = predict_knn(support, s_labels, query)
     elif learner == "ridge":
         predicted = predict_ridge(support, s_labels, query, ways)
+    elif learner == "linear":
+        predicted = predict_linear(support, s_labels, query)
     else:
-        predicted = predict_sklearn(learner, support, s_labels, query, seed)
+        predicted = predict_mlp(support, s_labels, query, seed)
     mean, half = accuracy_interval((predicted == tasks.query_labels()[None]).mean(axis=1) * 100)
     return {"learner": learner, "ways": ways, "shots": shots, "queries": queries,
             "tasks": n_tasks, "accuracy": mean, "ci95": half}

@@ -36,6 +36,10 @@ def omniglot():
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
+    """Tests run single-threaded: BLAS / OpenMP threads that spin on 2 shared cores only slow them down."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield

@@ -55,7 +55,12 @@ class ProtoNets:
 
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict[str, float]:
         self.net.train()
-        logits = self._logits(support_x, support_y, query_x)
+        # Task by task, as in predict: batch norm sees one task, so splitting the meta-batch across
+        # processes (cactus.distributed) gives the same gradients as one process.
+        logits = torch.cat([
+            self._logits(support_x[t : t + 1], support_y[t : t + 1], query_x[t : t + 1])
+            for t in range(len(support_x))
+        ])
         loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
         self.optimiser.zero_grad()
         loss.backward()

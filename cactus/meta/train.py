@@ -16,6 +16,7 @@ import torch
 
 from cactus import log
 from cactus.checkpoint import Stopped, catch_stop_signals, load_checkpoint, save_checkpoint
+from cactus.errors import CactusError
 from cactus.progress import Progress
 from cactus.tasks import TaskSet
 
@@ -89,13 +90,26 @@ def meta_train(
     validate: Callable[[], float] | None = None,
     validate_every: int = 500,
     log_every: int = 10,
+    world=None,
 ) -> Curves:
-    """Run ``iterations`` meta-updates of ``meta_batch`` tasks each, drawn in order from ``train_ids``."""
+    """Run ``iterations`` meta-updates of ``meta_batch`` tasks each, drawn in order from ``train_ids``.
+
+    ``world`` (a :class:`cactus.distributed.World` of several ranks): this rank trains on its
+    share of each meta-batch, gradients are averaged over the ranks before each optimiser step,
+    and only rank 0 validates and saves checkpoints; the curves are rank 0's (losses averaged).
+    """
+    from cactus import distributed
+
+    world = world or distributed.World()
+    share = distributed.split_batch(meta_batch, world)
     curves = Curves()
     start = 0
     window: list[tuple[float, float]] = []
     if resume:
         state = load_checkpoint(checkpoint, key)
+        if world.distributed and distributed.broadcast_flag(state is not None) != (state is not None):
+            raise CactusError(f"{checkpoint}: rank {world.rank} does not see rank 0's checkpoint; "
+                              "--resume needs a file system shared by the ranks")
         if state is not None:
             learner.load_state_dict(state["learner"])
             curves = Curves(**state["curves"])
@@ -105,16 +119,26 @@ def meta_train(
             log.info(f"meta: resuming from {checkpoint} at iteration {start}")
 
     def save(iteration: int) -> None:
+        if not world.is_main:
+            return
         save_checkpoint(checkpoint, {"key": key, "iteration": iteration, "learner": learner.state_dict(),
                                      "curves": vars(curves), "window": [list(p) for p in window],
                                      "torch_rng": torch.get_rng_state()})
 
+    hook = None
+    if world.distributed:
+        parameters = [p for group in learner.optimiser.param_groups for p in group["params"]]
+        distributed.broadcast_module_state(parameters)
+        hook = distributed.reduce_gradients_before_step(learner.optimiser)
     last_save = time.monotonic()
     progress = Progress(range(start, iterations), iterations - start, "meta")
     with catch_stop_signals() as stop:
         for iteration in progress:
-            ids = train_ids[(iteration * meta_batch + np.arange(meta_batch)) % len(train_ids)]
+            ids = train_ids[(iteration * meta_batch + np.arange(meta_batch)) % len(train_ids)][share]
             figures = learner.meta_step(*batches.batch(ids))
+            if world.distributed:
+                figures["loss"], figures["accuracy"] = distributed.mean_over_ranks(
+                    [figures["loss"], figures["accuracy"]])
             window.append((figures["loss"], figures["accuracy"]))
             done = iteration + 1
             if done % log_every == 0 or done == iterations:
@@ -124,14 +148,16 @@ def meta_train(
                 curves.accuracy.append(float(acc))
                 progress.set(loss=float(loss), acc=float(acc))
                 window.clear()
-            if validate is not None and (done % validate_every == 0 or done == iterations):
+            if validate is not None and world.is_main and (done % validate_every == 0 or done == iterations):
                 curves.val_iteration.append(done)
                 curves.val_accuracy.append(float(validate()))
                 progress.set(val=curves.val_accuracy[-1])
-            if stop.requested:
+            if distributed.any_rank(stop.requested) if world.distributed else stop.requested:
                 save(done)
-                raise Stopped(stop.signal_name, checkpoint, done)
+                raise Stopped(stop.signal_name or "SIGTERM", checkpoint, done)
             if time.monotonic() - last_save >= checkpoint_every_s:
                 save(done)
                 last_save = time.monotonic()
+    if hook is not None:
+        hook.remove()
     return curves

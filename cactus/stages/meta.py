@@ -42,6 +42,7 @@ def run_meta(
     ``oracle`` (supervised, true labels): {"data": DataRef, "ways", "shots", "queries", "num_tasks"}
     replaces ``tasks_file`` with true-label tasks of the meta-train classes.
     """
+    from cactus import distributed
     from cactus.device import resolve_device
     from cactus.meta.registry import build_learner, learner_config
     from cactus.meta.train import TaskBatches, accuracy_on, meta_train
@@ -83,11 +84,17 @@ def run_meta(
               "tasks_from": "labels" if oracle is not None else "partitions"}
     if tasks_info:
         config["oracle_tasks"] = tasks_info
-    key, skipped = up_to_date(STAGE, out, config, inputs, force)
+    torch_device = resolve_device(device, threads)
+    world, torch_device = distributed.setup(torch_device)  # one process unless under torchrun / srun
+    if not world.is_main:
+        log.set_verbosity(0)
+    distributed.split_batch(meta_batch, world)  # refuse an indivisible meta-batch before any work
+    key, skipped = up_to_date(STAGE, out, config, inputs, force, lock=world.is_main)
+    if world.distributed:
+        skipped = distributed.broadcast_flag(skipped)  # rank 0 decides (it holds the lock)
     if skipped:
         return StageResult(STAGE, out, key, True)
 
-    torch_device = resolve_device(device, threads)
     learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed)
     batches = TaskBatches(dataset.images, tasks, torch_device)
     train_ids = np.arange(len(tasks))
@@ -100,12 +107,15 @@ def run_meta(
     elif validation == "labels":
         validate = _label_validation(dataset, tasks, learner, torch_device, validation_tasks, seed)
     supervised = " (SUPERVISED oracle: true labels)" if oracle is not None else ""
+    ranks = f" ({world.size} processes, {meta_batch // world.size} tasks each)" if world.distributed else ""
     log.info(f"meta: {algo} on {len(train_ids)} {tasks.ways}-way {tasks.shots}-shot tasks, "
-             f"{iterations} iterations x {meta_batch} tasks on {torch_device}{supervised}")
+             f"{iterations} iterations x {meta_batch} tasks on {torch_device}{ranks}{supervised}")
     train_start = time.monotonic()
     curves = meta_train(learner, batches, train_ids, iterations, meta_batch, checkpoint_path(out), key, resume,
-                        checkpoint_every_s, validate, validate_every)
+                        checkpoint_every_s, validate, validate_every, world=world)
     train_seconds = time.monotonic() - train_start
+    if not world.is_main:  # rank 0 writes the artifact
+        return StageResult(STAGE, out, key, False, time.monotonic() - started, {"rank": world.rank})
     arrays = {f"weights/{k}": v for k, v in learner.weights().items()}
     arrays.update(curves.arrays())
     attrs.update({"train_seconds": train_seconds, "image_shape": list(dataset.image_shape)})

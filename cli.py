@@ -268,7 +268,11 @@ LEARNER_KEYS = ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_s
 def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_size, split, split_seed, ways, shots,
          queries, num_tasks, validation, validate_every, seed, device, threads, resume, checkpoint_every, force,
          as_json, **learner_options):
-    """Meta-train ProtoNets or MAML on pseudo-tasks (or on true labels: the supervised oracle)."""
+    """Meta-train ProtoNets or MAML on pseudo-tasks (or on true labels: the supervised oracle).
+
+    Under `torchrun --nproc-per-node N` (or `srun` with N tasks) the N processes split each
+    meta-batch (--meta-batch a multiple of N) and average their gradients: gloo on CPU, nccl on GPU.
+    """
     from cactus.stages.meta import run_meta
 
     oracle = None
@@ -279,8 +283,15 @@ def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_
                   "queries": queries, "num_tasks": num_tasks}
     options = {k: learner_options[k] for k in LEARNER_KEYS if learner_options.get(k) is not None}
     meta_batch = meta_batch or (8 if algo == "maml" else 1)
-    result = run_meta(out, tasks_file, algo, options, iterations, meta_batch, seed, device, threads, validation,
-                      100, validate_every, resume, checkpoint_every, force, oracle)
+    from cactus import distributed
+
+    try:
+        result = run_meta(out, tasks_file, algo, options, iterations, meta_batch, seed, device, threads, validation,
+                          100, validate_every, resume, checkpoint_every, force, oracle)
+    finally:
+        distributed.teardown()  # under torchrun / srun; a no-op otherwise
+    if result.summary.get("rank"):  # ranks > 0 of a distributed run: rank 0 reports
+        return
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")
 
 

@@ -119,9 +119,10 @@ def _meta_learner(artifact, dataset, ways: int, device: str, threads: int | None
     if config["algo"] == "maml" and ways > int(config["ways"]):
         raise CactusError(f"--ways {ways}: this MAML learner was meta-trained with a {config['ways']}-way head")
     torch_device = resolve_device(device, threads)
-    learner = build_learner(config, dataset.image_shape, torch_device, seed)
+    weights = artifact.group("weights")
+    learner = build_learner(config, dataset.image_shape, torch_device, seed, weights if "encoder" in config else None)
     try:
-        learner.load_weights(artifact.group("weights"))
+        learner.load_weights(weights)
     except (RuntimeError, KeyError, ValueError) as error:
         raise CactusError(f"{artifact.path}: stored weights do not fit the learner ({error})") from None
     return learner, torch_device

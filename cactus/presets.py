@@ -30,11 +30,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "downsample": "pool", "meta_lr": 1e-3, **PAPER_EVAL,
         "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 2000, "quick": True}},
     },
-    # Ours: the same CACTUs protocol on a contrastive embedding, with ProtoNets.
+    # Ours: the CACTUs protocol on a contrastive (SimCLR) embedding; ProtoNets fine-tune the
+    # encoder's own backbone on the pseudo-tasks instead of a fresh conv net.
     "ours-omniglot": {
         "data": OMNIGLOT_DEFAULT, "method": "contrastive", "dim": 128, "clusters": 500, "partitions": 100,
-        "algo": "protonets", "ways": 20, "shots": 1, "queries": 15, "meta_batch": 1, "filters": 64,
-        "downsample": "pool", "meta_lr": 1e-3, **PAPER_EVAL,
+        "algo": "protonets", "ways": 20, "shots": 1, "queries": 15, "meta_batch": 1, "init_from_encoder": True,
+        "meta_lr": 1e-4, **PAPER_EVAL,
         "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 2000, "quick": True}},
     },
 }

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from cactus.config import run_config_callback
+
 SPLITS = ["default", "classes", "lake", "files", "images"]
 
 
@@ -57,6 +59,8 @@ def apply_preset(ctx: click.Context, values: dict, preset: str | None, budget: s
 @click.option("--inner-steps", type=int, default=None)
 @click.option("--test-inner-steps", type=int, default=None)
 @click.option("--inner-lr", type=float, default=None)
+@click.option("--init-from-encoder", is_flag=True, default=False,
+              help="ProtoNets start from the trained encoder's backbone (contrastive, deepcluster).")
 @click.option("--iterations", type=int, default=2000, show_default=True)
 @click.option("--meta-batch", type=int, default=None, help="[protonets 1, maml 8]")
 @click.option("--eval-ways", default="5", show_default=True)
@@ -68,6 +72,10 @@ def apply_preset(ctx: click.Context, values: dict, preset: str | None, budget: s
 @click.option("--threads", type=int, default=None)
 @click.option("--force", is_flag=True, help="Recompute every stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--report", "write_report", is_flag=True, help="Also write OUT_DIR/report.html (see cactus report).")
+@click.option("--config", "replay", type=click.Path(path_type=Path, dir_okay=False), default=None, is_eager=True,
+              callback=run_config_callback,
+              help="FILE.toml: options of this command ([run] table); FILE.h5: replay the stages that made it.")
 @click.pass_context
 def run(ctx, preset, budget, **values):
     """Run embed -> cluster -> tasks -> meta -> evaluate on one dataset and print the evaluation."""
@@ -83,6 +91,10 @@ def run(ctx, preset, budget, **values):
     from cli import _int_list, format_report, write_json
 
     v = apply_preset(ctx, dict(values), preset, budget)
+    if v["replay"] is not None:
+        from cactus.replay import replay_run
+
+        return replay_run(v)
     started = time.monotonic()
     eval_ways, eval_shots = _int_list(None, None, v["eval_ways"]), _int_list(None, None, v["eval_shots"])
     out_dir = v["out_dir"] or default_out_dir(v["data"], preset)
@@ -99,6 +111,8 @@ def run(ctx, preset, budget, **values):
     learner_options = {k: v[k] for k in ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_steps",
                                          "inner_lr") if v[k] is not None}
     files = {name: out_dir / f"{name}.h5" for name in ("embeddings", "partitions", "tasks", "learner")}
+    if v["init_from_encoder"]:
+        learner_options["init_from"] = files["embeddings"]
     stages = [run_embed(files["embeddings"], ref, v["method"], encoder_options, force=v["force"])]
     stages.append(run_cluster(files["partitions"], files["embeddings"], v["clusters"], v["partitions"], v["seed"],
                               min_cluster_size=v["shots"] + v["queries"], min_clusters=v["ways"], force=v["force"]))
@@ -118,6 +132,10 @@ def run(ctx, preset, budget, **values):
                "stages": [s.as_dict() for s in stages], "evaluation": reports,
                "seconds": round(time.monotonic() - started, 1)}
     write_json(out_dir / "evaluation.json", summary)
+    if v["write_report"]:
+        from cactus.report.build import build_report
+
+        log.info(f"report: wrote {build_report(out_dir, device=v['device'], threads=v['threads'])['report']}")
     if v["as_json"]:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:

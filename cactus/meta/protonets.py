@@ -37,11 +37,18 @@ class ProtoNets:
         meta_lr: float = 1e-3,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        encoder=None,
     ) -> None:
+        """``encoder``: a trained image encoder (with a ``backbone_`` module) to start from instead of
+        a fresh conv net; its backbone is fine-tuned and its batch norm keeps running statistics."""
         torch.manual_seed(seed)
         self.ways = ways
         self.device = torch.device(device)
-        self.net = ConvNet(in_channels, image_size, filters, None, downsample).to(self.device)
+        self.encoder = encoder
+        if encoder is not None:
+            self.net = encoder.backbone_.to(self.device)
+        else:
+            self.net = ConvNet(in_channels, image_size, filters, None, downsample).to(self.device)
         self.optimiser = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
 
     def _logits(self, support_x, support_y, query_x) -> torch.Tensor:
@@ -70,6 +77,8 @@ class ProtoNets:
 
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        if self.encoder is not None:
+            self.net.eval()  # running statistics, as the encoder embeds
         # One task at a time: batch norm then normalises over each task's own images, as in training,
         # so a task's prediction does not depend on which other tasks share the batch.
         return torch.cat([
@@ -85,7 +94,13 @@ class ProtoNets:
         self.optimiser.load_state_dict(state["optimiser"])
 
     def weights(self) -> dict[str, np.ndarray]:
+        if self.encoder is not None:  # the encoder's own format, so the encoder can be rebuilt from it
+            return self.encoder.get_state()
         return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        if self.encoder is not None:
+            self.encoder.set_state(weights)
+            self.net = self.encoder.backbone_.to(self.device)
+            return
         self.net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})

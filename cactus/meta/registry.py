@@ -22,6 +22,12 @@ def learner_config(algo: str, ways: int, options: dict[str, Any]) -> dict[str, A
         "downsample": options.get("downsample") or ("stride" if maml else "pool"),
         "meta_lr": options.get("meta_lr", 1e-3),
     }
+    if options.get("encoder") is not None:
+        if maml:
+            raise CactusError("--init-from: only ProtoNets can start from a trained encoder")
+        config["encoder"] = options["encoder"]
+        config.pop("filters")
+        config.pop("downsample")
     if maml:
         defaults = {"inner_steps": 5, "test_inner_steps": 50, "inner_lr": 0.05, "first_order": False,
                     "learn_inner_lr": False}
@@ -29,9 +35,29 @@ def learner_config(algo: str, ways: int, options: dict[str, Any]) -> dict[str, A
     return config
 
 
-def build_learner(config: dict[str, Any], image_shape: tuple[int, int, int], device, seed: int):
-    """A fresh learner for images of shape (H, W, C)."""
+def build_learner(
+    config: dict[str, Any], image_shape: tuple[int, int, int], device, seed: int,
+    encoder_state: dict[str, Any] | None = None,
+):
+    """A fresh learner for images of shape (H, W, C).
+
+    A config with an ``encoder`` (ProtoNets started from a trained encoder) needs that encoder's
+    weights in ``encoder_state``: the embed artifact's /encoder group, or the learner's /weights.
+    """
     height, width, channels = image_shape
+    if "encoder" in config:
+        from cactus.meta.protonets import ProtoNets
+        from embeddings import encoder_class
+
+        params = dict(config["encoder"])
+        encoder = encoder_class(params.pop("method"))(**params)
+        if encoder_state is None:
+            raise CactusError("--init-from: the encoder's weights are missing")
+        encoder.set_state(encoder_state)
+        if not hasattr(encoder, "backbone_"):
+            raise CactusError(f"--init-from: a {encoder.name} encoder has no conv backbone to fine-tune")
+        return ProtoNets(channels, height, int(config["ways"]), meta_lr=float(config["meta_lr"]), device=device,
+                         seed=seed, encoder=encoder)
     if height != width:
         raise CactusError(f"images of {height}x{width}: the conv net needs square images; pass --image-size")
     common = dict(in_channels=channels, image_size=height, ways=int(config["ways"]), filters=int(config["filters"]),

@@ -78,7 +78,17 @@ def run_meta(
         tasks_info = None
         attrs = {k: tasks_artifact.attrs[k] for k in ("data", "data_fingerprint") if k in tasks_artifact.attrs}
         attrs["supervised"] = False
-    learner_cfg = learner_config(algo, tasks.ways, options or {})
+    options = dict(options or {})
+    encoder_state = None
+    if options.get("init_from") is not None:
+        from cactus.store import read_artifact
+
+        embedded = read_artifact(options.pop("init_from"), stage="embed")
+        check_fingerprint(embedded, dataset)
+        options["encoder"] = embedded.config["encoder"]
+        encoder_state = embedded.group("encoder")
+        inputs = [*inputs, embedded.key]
+    learner_cfg = learner_config(algo, tasks.ways, options)
     config = {"learner": learner_cfg, "iterations": iterations, "meta_batch": meta_batch, "seed": seed,
               "validation": validation, "validation_tasks": validation_tasks, "validate_every": validate_every,
               "tasks_from": "labels" if oracle is not None else "partitions"}
@@ -95,7 +105,7 @@ def run_meta(
     if skipped:
         return StageResult(STAGE, out, key, True)
 
-    learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed)
+    learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed, encoder_state)
     batches = TaskBatches(dataset.images, tasks, torch_device)
     train_ids = np.arange(len(tasks))
     validate = None

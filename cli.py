@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from cactus import __version__, log
+from cactus.config import config_option_callback
 from cactus.errors import CactusError
 
 
@@ -93,12 +94,21 @@ def with_options(options):
 
 @click.group(cls=CactusGroup, context_settings={"auto_envvar_prefix": "CACTUS", "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cactus")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), is_eager=True,
+              expose_value=False, callback=config_option_callback, envvar="CACTUS_CONFIG",
+              help="TOML file with one [COMMAND] table of options each (see `cactus config show`).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 def main(quiet: bool, verbose: bool) -> None:
     """Unsupervised meta-learning: CACTUs and a meta-learned unsupervised update rule.
 
-    Pipeline: embed -> cluster -> tasks -> meta -> evaluate (or `cactus run` for all of them).
+    Pipeline: embed -> cluster -> tasks -> meta -> evaluate (or `cactus run` for all of them);
+    `cactus report RUN_DIR` draws what happened. Options come from the command line, then
+    CACTUS_<COMMAND>_<OPTION>, then --config FILE.toml, then the defaults.
+
+    \b
+    Shell completion (bash; zsh_source / fish_source for the others):
+      eval "$(_CACTUS_COMPLETE=bash_source cactus)"
     """
     log.set_verbosity(0 if quiet else 2 if verbose else 1)
 
@@ -238,11 +248,14 @@ def meta_learner_options(function):
         click.option("--learn-inner-lr", is_flag=True, default=None, help="MAML: Meta-SGD per-parameter inner lr."),
         click.option("--iterations", type=int, default=2000, show_default=True),
         click.option("--meta-batch", type=int, default=None, help="Tasks per meta-update [protonets 1, maml 8]."),
+        click.option("--init-from", type=click.Path(path_type=Path), default=None,
+                     help="ProtoNets: start from the conv backbone of this embed artifact's encoder "
+                     "(contrastive, deepcluster) and fine-tune it."),
     ])(function)
 
 
 LEARNER_KEYS = ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_steps", "inner_lr", "first_order",
-                "learn_inner_lr")
+                "learn_inner_lr", "init_from")
 
 
 @main.command()
@@ -374,9 +387,13 @@ def info(artifact, as_json):
         click.echo(f"  /{name:<40} {str(a.dtype):<8} {tuple(a.shape)}")
 
 
+from cactus.commands.config import config  # noqa: E402
+from cactus.commands.report import report  # noqa: E402
 from cactus.commands.run import run  # noqa: E402
 
 main.add_command(run)
+main.add_command(report)
+main.add_command(config)
 
 if __name__ == "__main__":
     main()

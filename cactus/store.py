@@ -144,6 +144,10 @@ def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = Tru
         raise CactusError(f"{path}: corrupt artifact (config or inputs attribute malformed)")
     if stage is not None and artifact.stage != stage:
         raise CactusError(f"{path}: is a '{artifact.stage}' artifact, expected a '{stage}' artifact")
+    if arrays:
+        from cactus.artifact_checks import check_arrays
+
+        check_arrays(path, artifact.stage, artifact.config, artifact.arrays)  # shapes, dtypes, ranges, NaN
     return artifact
 
 

@@ -57,8 +57,12 @@ def _matching(function, config: dict[str, Any], skip: tuple[str, ...] = ()) -> d
 
 
 def replay_stage(artifact: Artifact, out: Path, previous: Path | None, device: str, threads: int | None,
-                 force: bool) -> StageResult:
-    """Run ``artifact``'s stage again with its stored config, writing ``out``."""
+                 force: bool, replayed: dict[str, Path] | None = None) -> StageResult:
+    """Run ``artifact``'s stage again with its stored config, writing ``out``.
+
+    previous: the replayed input artifact; replayed: {original key: replayed path} of the chain so far.
+    """
+    replayed = replayed or {}
     config = artifact.config
     if artifact.stage == "embed":
         from cactus.stages.embed import run_embed
@@ -81,6 +85,9 @@ def replay_stage(artifact: Artifact, out: Path, previous: Path | None, device: s
     learner = dict(config["learner"])
     algo = learner.pop("algo")
     learner.pop("ways", None)  # the tasks fix it
+    if learner.pop("encoder", None) is not None:  # --init-from: start from the encoder of an embed artifact
+        source = find_input(artifact, "embed")
+        learner["init_from"] = replayed.get(source.key, source.path)
     oracle = None
     if config.get("tasks_from") == "labels":
         oracle = {"data": DataRef.from_dict(artifact.attrs.get("data"), artifact.path), **config["oracle_tasks"]}
@@ -102,10 +109,11 @@ def replay(path: Path, out_dir: Path, device: str = "auto", threads: int | None 
     log.info(f"replay: re-running the {len(artifacts)} stages that produced {path} into {out_dir}")
     results: list[StageResult] = []
     written: dict[str, Path] = {}
+    by_key: dict[str, Path] = {}
     previous: Path | None = None
     for artifact in artifacts:
         out = Path(out_dir) / artifact.path.name
-        result = replay_stage(artifact, out, previous, device, threads, force)
+        result = replay_stage(artifact, out, previous, device, threads, force, by_key)
         if result.key != artifact.key:
             log.warn(f"replay: {artifact.stage} gives key {result.key[:12]}, {artifact.path} has "
                      f"{artifact.key[:12]} (the code or the data changed since it was made)")
@@ -113,6 +121,7 @@ def replay(path: Path, out_dir: Path, device: str = "auto", threads: int | None 
         result.summary["same_key"] = result.key == artifact.key
         results.append(result)
         written[artifact.stage] = out
+        by_key[artifact.key] = out
         previous = out
     return results, written
 

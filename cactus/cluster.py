@@ -43,11 +43,18 @@ class KMeans:
             max_points_per_centroid=max(256, -(-len(x) // self.n_clusters)), min_points_per_centroid=1,
         )
         kmeans.train(x)
+        self.index_ = kmeans.index
         distances, labels = kmeans.index.search(x, 1)
         self.cluster_centers_ = kmeans.centroids
         self.labels_ = labels[:, 0].astype(np.int64)
         self.inertia_ = float(distances.sum())
         return self
+
+
+def predict(kmeans: KMeans, x: np.ndarray) -> np.ndarray:
+    """Nearest centre (N,) int64 of each row of x (N, D) for a fitted KMeans."""
+    _, labels = kmeans.index_.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return labels[:, 0].astype(np.int64)
 
 
 def partition_scales(seed: int, partition: int, dim: int) -> np.ndarray:
@@ -106,3 +113,36 @@ def partitions(
         labels, _ = one_partition(embeddings, p, n_clusters, seed, min_cluster_size, min_clusters, n_iter)
         rows.append(labels)
     return np.stack(rows)
+
+
+def one_partition_streamed(
+    sample: np.ndarray,
+    chunks,
+    partition: int,
+    n_clusters: int,
+    seed: int,
+    min_cluster_size: int,
+    min_clusters: int,
+    n_iter: int = 20,
+) -> tuple[np.ndarray, int]:
+    """:func:`one_partition` for data larger than memory: k-means fitted on ``sample`` (S, D) float32,
+    then every point labelled chunk by chunk; ``chunks()`` yields the (n_i, D) float32 blocks in order.
+
+    Same scales, seeds and redraw rule as :func:`one_partition`; labels (N,) int32.
+    """
+    dim = sample.shape[1]
+    for attempt in range(MAX_REDRAWS):
+        draw_seed = int(np.random.default_rng([seed, partition, attempt]).integers(2**31 - 1))
+        scales = partition_scales(seed + attempt * 7919, partition, dim)
+        if partition == 0 and attempt > 0:
+            scales = partition_scales(seed + attempt * 7919, 1 + attempt, dim)
+        kmeans = KMeans(n_clusters, n_iter=n_iter, random_state=draw_seed).fit(sample * scales)
+        labels = np.concatenate([predict(kmeans, block * scales) for block in chunks()])
+        sizes = np.bincount(labels, minlength=n_clusters)
+        kept = sizes >= min_cluster_size
+        if kept.sum() >= min_clusters:
+            return np.where(kept[labels], labels, DROPPED).astype(np.int32), attempt + 1
+    raise CactusError(
+        f"--clusters {n_clusters}: after {MAX_REDRAWS} draws partition {partition} still has fewer than "
+        f"{min_clusters} clusters of at least {min_cluster_size} members; use fewer clusters"
+    )

@@ -103,3 +103,30 @@ def test_bad_shard_option_is_a_usage_error(embed_file, tmp_path, shard):
 def test_more_shards_than_partitions_is_refused(embed_file, tmp_path):
     one_line_error(cli("cluster", embed_file, "-p", "2", "--shard", "2/3", "-o", tmp_path / "x.h5"),
                    "more shards than the 2 partitions")
+
+
+def test_streamed_clustering_equals_in_memory_when_the_sample_covers_every_row(embed_file, tmp_path, monkeypatch):
+    from cactus.stages import cluster as stage
+    from cactus.store import read_artifact
+
+    stage.run_cluster(tmp_path / "memory.h5", embed_file, clusters=25, partitions=3, seed=2)
+    monkeypatch.setattr(stage, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(stage, "CHUNK_ROWS", 100)  # many chunks
+    stage.run_cluster(tmp_path / "streamed.h5", embed_file, clusters=25, partitions=3, seed=2)
+    a, b = read_artifact(tmp_path / "memory.h5"), read_artifact(tmp_path / "streamed.h5")
+    assert a.key == b.key
+    np.testing.assert_array_equal(a.array("labels"), b.array("labels"))
+    np.testing.assert_array_equal(a.array("rows"), b.array("rows"))
+
+
+def test_streamed_clustering_fits_a_sample_and_labels_every_row(embed_file, tmp_path, monkeypatch):
+    from cactus.stages import cluster as stage
+    from cactus.store import read_artifact
+
+    monkeypatch.setattr(stage, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(stage, "POINTS_PER_CENTROID", 10)  # 20 clusters x 10 = 200 of the 899 rows
+    stage.run_cluster(tmp_path / "sampled.h5", embed_file, clusters=20, partitions=2, seed=2, min_clusters=2)
+    artifact = read_artifact(tmp_path / "sampled.h5")
+    assert artifact.config["train_sample"] == 200
+    labels = artifact.array("labels")
+    assert labels.shape == (2, 899) and len(np.unique(labels[0][labels[0] >= 0])) >= 15

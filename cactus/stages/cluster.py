@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,72 @@ def load_train_embeddings(embed_file: Path):
     if len(rows) == 0:
         raise CactusError(f"{embed_file}: no meta-train rows to cluster")
     return embedded, rows, np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+
+
+STREAM_ABOVE_BYTES = int(float(os.environ.get("CACTUS_STREAM_ABOVE_MB", "1024")) * (1 << 20))
+POINTS_PER_CENTROID = 256  # k-means trains on at most this many sampled points per centre (as faiss does)
+CHUNK_ROWS = 65536
+
+
+class StreamedEmbeddings:
+    """The meta-train rows of an embed artifact too large for memory, read chunk by chunk with h5py.
+
+    ``rows`` (M,) dataset indices; ``chunks()`` yields their embeddings (n_i, D) float32 in order,
+    each checked for NaN; ``sample(size, seed)`` (size, D) float32, rows drawn without replacement.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.header = read_artifact(path, stage="embed", arrays=False)
+        self.path = path
+        try:
+            with h5py.File(path, "r") as source:
+                data, split = source["embeddings"], source["split"][()]
+                self.shape, kind = data.shape, data.dtype.kind
+        except (OSError, KeyError, ValueError) as error:
+            raise CactusError(f"{path}: corrupt or unreadable artifact ({error})") from None
+        if len(self.shape) != 2 or kind != "f" or split.shape != (self.shape[0],):
+            raise CactusError(f"{path}: malformed embeddings {self.shape} / split {split.shape}")
+        self.train = split == 0
+        self.rows = np.flatnonzero(self.train)
+        if len(self.rows) == 0:
+            raise CactusError(f"{path}: no meta-train rows to cluster")
+
+    def _blocks(self):
+        import h5py
+
+        with h5py.File(self.path, "r") as source:
+            data = source["embeddings"]
+            for start in range(0, self.shape[0], CHUNK_ROWS):
+                block = data[start : start + CHUNK_ROWS][self.train[start : start + CHUNK_ROWS]]
+                if not np.isfinite(block).all():
+                    raise CactusError(f"{self.path}: embeddings contain NaN or infinite values")
+                yield np.ascontiguousarray(block, dtype=np.float32)
+
+    def chunks(self):
+        return self._blocks()
+
+    def sample(self, size: int, seed: int) -> np.ndarray:
+        chosen = np.zeros(len(self.rows), dtype=bool)
+        chosen[np.random.default_rng([seed, 2**20]).choice(len(self.rows), size, replace=False)] = True
+        parts, offset = [], 0
+        for block in self._blocks():
+            parts.append(block[chosen[offset : offset + len(block)]])
+            offset += len(block)
+        return np.concatenate(parts)
+
+
+def embeddings_nbytes(path: Path) -> int:
+    """Size in bytes of /embeddings without reading it (0 when unreadable: the full read reports why)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as source:
+            data = source["embeddings"]
+            return int(np.prod(data.shape)) * data.dtype.itemsize
+    except Exception:  # noqa: BLE001 - any failure here is reported by the checked full read
+        return 0
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -71,7 +138,12 @@ def run_cluster(
     from cactus.cluster import partitions as make_partitions
 
     started = time.monotonic()
-    embedded, rows, train = load_train_embeddings(embed_file)
+    streamed = None
+    if embed_file.is_file() and embeddings_nbytes(embed_file) > STREAM_ABOVE_BYTES:
+        streamed = StreamedEmbeddings(embed_file)
+        embedded, rows, train = streamed.header, streamed.rows, None
+    else:
+        embedded, rows, train = load_train_embeddings(embed_file)
     k = clusters or default_clusters(len(rows))
     if partitions < 1:
         raise CactusError(f"--partitions {partitions}: must be at least 1")
@@ -80,6 +152,10 @@ def run_cluster(
     min_clusters = min_clusters if min_clusters is not None else max(2, k // 10)
     config = {"clusters": k, "partitions": partitions, "seed": seed, "min_cluster_size": min_cluster_size,
               "min_clusters": min_clusters, "iterations": iterations}
+    sample_size = None
+    if streamed is not None and len(rows) > k * POINTS_PER_CENTROID:
+        sample_size = k * POINTS_PER_CENTROID  # k-means fitted on a sample, every row then labelled
+        config["train_sample"] = sample_size
     stage, which = STAGE, list(range(partitions))
     if shard is not None:
         index, count = shard
@@ -92,11 +168,22 @@ def run_cluster(
         return StageResult(stage, out, key, True)
     listed = ", ".join(map(str, which[:4])) + (", ..." if len(which) > 4 else "")
     of = f" (shard {shard[0]}/{shard[1]}: partitions {listed})" if shard else ""
-    log.info(f"cluster: {len(which)} partitions of {k} clusters over {len(rows)} x {train.shape[1]} embeddings{of}")
-    labels = make_partitions(
-        train, which, k, seed, min_cluster_size, min_clusters, iterations,
-        progress=lambda it: Progress(it, len(which), "cluster"),
-    )
+    dim = streamed.shape[1] if streamed is not None else train.shape[1]
+    how = f", streamed from HDF5 (k-means on {sample_size or len(rows)} sampled rows)" if streamed else ""
+    log.info(f"cluster: {len(which)} partitions of {k} clusters over {len(rows)} x {dim} embeddings{of}{how}")
+    if streamed is None:
+        labels = make_partitions(
+            train, which, k, seed, min_cluster_size, min_clusters, iterations,
+            progress=lambda it: Progress(it, len(which), "cluster"),
+        )
+    else:
+        from cactus.cluster import one_partition_streamed
+
+        sample = streamed.sample(sample_size, seed) if sample_size else np.concatenate(list(streamed.chunks()))
+        labels = np.stack([
+            one_partition_streamed(sample, streamed.chunks, p, k, seed, min_cluster_size, min_clusters, iterations)[0]
+            for p in Progress(which, len(which), "cluster")
+        ])
     attrs = {key_: embedded.attrs[key_] for key_ in ("data", "data_fingerprint") if key_ in embedded.attrs}
     arrays = {"labels": labels, "rows": rows.astype(np.int64)}
     if shard is not None:

@@ -1,8 +1,12 @@
 """BiGAN / ALI (Donahue, Kraehenbuehl, Darrell 2017; Dumoulin et al. 2017).
 
 A generator G: z -> x, an encoder E: x -> z, and a discriminator D(x, z) that tells real pairs
-(x, E(x)) from generated ones (G(z), z). At the optimum E inverts G, so E(x) is a latent code
-that G can decode; E's output is the embedding. The adversarial loss says little about progress,
+(x, tanh(E(x))) from generated ones (G(z), z), z uniform on [-1, 1]^dim as in the BiGAN paper.
+At the optimum E inverts G, so E(x) is a latent code that G can decode; E's output before the
+tanh is the embedding (the pre-activation keeps the distances the squashing would flatten). D
+also sees its batch's feature spread (minibatch standard deviation, Karras et al. 2018): without
+it the generator collapsed to one image within the first epoch on Omniglot and G(E(x)) never
+improved. The adversarial loss says little about progress,
 so fit also tracks how well G(E(x)) reconstructs held-back training images and how well
 E(G(z)) recovers z (``recon_errors_``, ``latent_errors_``, once per epoch).
 """
@@ -32,22 +36,25 @@ PROBE_SIZE = 256  # images / codes used for the per-epoch reconstruction figures
 
 
 class JointDiscriminator(nn.Module):
-    """D(x, z): conv trunk on x, MLP on z, joint MLP. (B, C, H, W), (B, dim) -> (B,) logits."""
+    """D(x, z): conv trunk on x, MLP on z, joint MLP (+ batch spread). (B, C, H, W), (B, dim) -> (B,) logits."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int, dim: int, hidden: int = 256) -> None:
         super().__init__()
         self.x_path = nn.Sequential(ConvTrunk(image_shape, width, hidden, dropout=0.2), nn.LeakyReLU(0.2))
         self.z_path = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.2))
         self.joint = nn.Sequential(
-            nn.Linear(2 * hidden, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.2), nn.Linear(hidden, 1)
+            nn.Linear(2 * hidden + 1, hidden), nn.LeakyReLU(0.2), nn.Dropout(0.2), nn.Linear(hidden, 1)
         )
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.joint(torch.cat([self.x_path(x), self.z_path(z)], dim=1)).squeeze(1)
+        pair = torch.cat([self.x_path(x), self.z_path(z)], dim=1)
+        # Minibatch spread (Karras et al. 2018): lets D see a generator that collapsed to one image.
+        spread = pair.std(0).mean() if len(pair) > 1 else pair.new_zeros(())
+        return self.joint(torch.cat([pair, spread.expand(len(pair), 1)], dim=1)).squeeze(1)
 
 
 class BiGANEncoder(Encoder):
-    """BiGAN; the embedding is the encoder's (dim,) output, the code G decodes.
+    """BiGAN; the embedding is the encoder's (dim,) output before the tanh that makes it G's code.
 
     Learned: encoder_, generator_, discriminator_ (torch modules), input_shape_, losses_ (mean
     discriminator loss per epoch), recon_errors_ (per-pixel MSE of G(E(x)) per epoch),
@@ -96,12 +103,12 @@ class BiGANEncoder(Encoder):
         d_opt = torch.optim.Adam(d_params, lr=self.lr, betas=(0.5, 0.999))
         rng = np.random.default_rng(self.seed)
         probe_images = to_tensor(images[rng.permutation(len(images))[:PROBE_SIZE]], device)
-        probe_codes = torch.randn(len(probe_images), self.dim, generator=generator).to(device)
+        probe_codes = self._prior(len(probe_images), generator).to(device)
 
         def step(indices: np.ndarray) -> float:
             x = to_tensor(images[indices], device)
-            z = torch.randn(len(x), self.dim, generator=generator).to(device)
-            d_real = self.discriminator_(x, self.encoder_(x))
+            z = self._prior(len(x), generator).to(device)
+            d_real = self.discriminator_(x, torch.tanh(self.encoder_(x)))
             d_fake = self.discriminator_(self.generator_(z), z)
             d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
             eg_loss = F.softplus(d_real).mean() + F.softplus(-d_fake).mean()
@@ -127,6 +134,10 @@ class BiGANEncoder(Encoder):
             net.eval()
         return self
 
+    def _prior(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch, dim) codes from the prior, uniform on [-1, 1] as in the BiGAN paper."""
+        return torch.rand(batch, self.dim, generator=generator) * 2 - 1
+
     def _probe(self, x, z) -> tuple[float, float]:
         """(per-pixel MSE of G(E(x)) vs x, per-unit MSE of E(G(z)) vs z) with every net in eval mode."""
 
@@ -134,14 +145,14 @@ class BiGANEncoder(Encoder):
         for net in nets:
             net.eval()
         with torch.no_grad():
-            recon = (self.generator_(self.encoder_(x)) - x).pow(2).mean().item()
-            latent = (self.encoder_(self.generator_(z)) - z).pow(2).mean().item()
+            recon = (self.generator_(torch.tanh(self.encoder_(x))) - x).pow(2).mean().item()
+            latent = (torch.tanh(self.encoder_(self.generator_(z))) - z).pow(2).mean().item()
         for net in nets:
             net.train()
         return recon, latent
 
     def transform(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) uint8 -> (N, dim) float32: E(x)."""
+        """(N, H, W, C) uint8 -> (N, dim) float32: E(x) before the tanh."""
         self._check_input(images)
         device = next(self.encoder_.parameters()).device
         return embed_in_batches(self.encoder_, images, device=device)

@@ -3,7 +3,8 @@
 Artifacts may come from elsewhere (a shared folder, a download): before any stage uses one, its
 arrays must have the shapes, dtypes and value ranges the stage relies on. These checks need no
 dataset; indices are checked against the dataset where it is loaded (``load_tasks``,
-``check_rows``). Each failure is one :class:`CactusError` line naming the file.
+``check_rows``). An array that is absent is not checked here: the stage that needs it says so when
+it asks for it (``Artifact.array``). Each failure is one :class:`CactusError` line naming the file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ def _bad(path: Path, what: str) -> CactusError:
     return CactusError(f"{path}: corrupt artifact ({what})")
 
 
-def _need(arrays: dict[str, np.ndarray], path: Path, name: str, ndim: int, kinds: str) -> np.ndarray:
+def _need(arrays: dict[str, np.ndarray], path: Path, name: str, ndim: int, kinds: str) -> np.ndarray | None:
+    """The array, checked for rank and dtype kind; None when the artifact has no such array."""
     if name not in arrays:
-        raise _bad(path, f"no array /{name}")
+        return None
     value = arrays[name]
     if value.ndim != ndim or value.dtype.kind not in kinds:
         raise _bad(path, f"/{name} is {value.dtype} {value.shape}, expected a {ndim}-D "
@@ -42,17 +44,23 @@ def _int(config: dict, key: str, path: Path) -> int | None:
 def _embed(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
     embeddings = _need(arrays, path, "embeddings", 2, "f")
     split = _need(arrays, path, "split", 1, "iu")
-    if len(split) != len(embeddings) or len(embeddings) == 0 or embeddings.shape[1] == 0:
-        raise _bad(path, f"/embeddings {embeddings.shape} and /split {split.shape} do not match")
-    if split.size and (split.min() < 0 or split.max() > 2):
-        raise _bad(path, "/split holds values other than 0, 1, 2")
-    if not np.isfinite(embeddings).all():
-        raise _bad(path, "/embeddings contain NaN or infinite values")
+    if embeddings is not None:
+        if len(embeddings) == 0 or embeddings.shape[1] == 0:
+            raise _bad(path, f"/embeddings is empty {embeddings.shape}")
+        if not np.isfinite(embeddings).all():
+            raise _bad(path, "/embeddings contain NaN or infinite values")
+    if split is not None:
+        if embeddings is not None and len(split) != len(embeddings):
+            raise _bad(path, f"/embeddings {embeddings.shape} and /split {split.shape} do not match")
+        if split.size and (split.min() < 0 or split.max() > 2):
+            raise _bad(path, "/split holds values other than 0, 1, 2")
 
 
 def _cluster(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
     labels = _need(arrays, path, "labels", 2, "iu")
     rows = _need(arrays, path, "rows", 1, "iu")
+    if labels is None or rows is None:
+        return
     if labels.shape[1] != len(rows) or len(rows) == 0 or labels.shape[0] == 0:
         raise _bad(path, f"/labels {labels.shape} do not fit /rows {rows.shape}")
     if rows.min() < 0 or len(np.unique(rows)) != len(rows):
@@ -64,7 +72,7 @@ def _cluster(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
     partitions = _int(config, "partitions", path)
     if "shard" in config:
         which = _need(arrays, path, "partitions", 1, "iu")
-        if len(which) != labels.shape[0] or (partitions is not None and (which.min() < 0 or
+        if which is not None and len(which) != labels.shape[0] or (partitions is not None and (which.min() < 0 or
                                                                          which.max() >= partitions)):
             raise _bad(path, f"/partitions {which.shape} do not fit /labels {labels.shape}")
     elif partitions is not None and labels.shape[0] != partitions:
@@ -74,6 +82,8 @@ def _cluster(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
 def _tasks(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
     support = _need(arrays, path, "support", 2, "iu")
     query = _need(arrays, path, "query", 2, "iu")
+    if support is None or query is None:
+        return
     if len(support) != len(query) or len(support) == 0:
         raise _bad(path, f"/support {support.shape} and /query {query.shape} do not match")
     ways, shots, queries = (_int(config, k, path) for k in ("ways", "shots", "queries"))
@@ -90,8 +100,6 @@ def _tasks(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
 
 def _meta(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
     weights = {k: v for k, v in arrays.items() if k.startswith("weights/")}
-    if not weights:
-        raise _bad(path, "no /weights")
     for name, value in weights.items():
         if value.dtype.kind != "f":
             raise _bad(path, f"/{name} is {value.dtype}, expected floats")

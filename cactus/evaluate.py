@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cactus.artifact_checks import check_rows
 from cactus.baselines import (
     EMBEDDING_LEARNERS,
     accuracy_interval,
@@ -124,7 +125,8 @@ def _meta_learner(artifact, dataset, ways: int, device: str, threads: int | None
     try:
         learner.load_weights(weights)
     except (RuntimeError, KeyError, ValueError) as error:
-        raise CactusError(f"{artifact.path}: stored weights do not fit the learner ({error})") from None
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CactusError(f"{artifact.path}: stored weights do not fit the learner ({first})") from None
     return learner, torch_device
 
 
@@ -136,6 +138,7 @@ def _partition_centroids(artifact, embeddings_path: Path | None) -> tuple[np.nda
     if embedded.key not in artifact.inputs:
         raise CactusError(f"--embeddings {embeddings_path}: not the embedding {artifact.path} was clustered from")
     embeddings, labels, rows = embedded.array("embeddings"), artifact.array("labels")[0], artifact.array("rows")
+    check_rows(artifact.path, rows, len(embeddings))
     kept = labels >= 0
     clusters = np.unique(labels[kept])
     centroids = np.stack([embeddings[rows[labels == c]].mean(axis=0) for c in clusters])

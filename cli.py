@@ -114,7 +114,7 @@ def main(quiet: bool, verbose: bool) -> None:
 
 
 ENCODER_OPTIONS = ("dim", "epochs", "batch_size", "lr", "seed", "device", "threads", "width", "depth", "steps", "rule",
-                   "quick")
+                   "quick", "path")
 
 
 @main.command()
@@ -133,6 +133,8 @@ ENCODER_OPTIONS = ("dim", "epochs", "batch_size", "lr", "seed", "device", "threa
 @click.option("--steps", type=int, default=None, help="learned-rule: unsupervised steps.")
 @click.option("--rule", type=str, default=None, help="learned-rule: rule artifact (default: the shipped one).")
 @click.option("--quick", is_flag=True, default=None, help="The encoder's quick setting (minutes on a CPU).")
+@click.option("--path", type=str, default=None,
+              help="load: embeddings you already have (.npy/.npz/.h5, one row per image) or a TorchScript encoder.")
 @with_options(device_options)
 @force_option
 @json_option
@@ -389,9 +391,11 @@ def info(artifact, as_json):
 
 from cactus.commands.config import config  # noqa: E402
 from cactus.commands.report import report  # noqa: E402
+from cactus.commands.rule import rule  # noqa: E402
 from cactus.commands.run import run  # noqa: E402
 
 main.add_command(run)
+main.add_command(rule)
 main.add_command(report)
 main.add_command(config)
 

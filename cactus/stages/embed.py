@@ -49,6 +49,9 @@ def run_embed(
     except TypeError as error:
         raise CactusError(f"--method {cls.name}: {error}") from None
     config["encoder"] = encoder.get_params()
+    reads_rows = hasattr(encoder, "transform_rows")  # `load`: embeddings or a script from a file
+    if reads_rows:
+        inputs.append(file_digest(Path(encoder.path)))
     key, skipped = up_to_date(STAGE, out, config, inputs, force)
     if skipped:
         return StageResult(STAGE, out, key, True)
@@ -59,6 +62,8 @@ def run_embed(
     else:
         log.info(f"embed: fitting {encoder.name} on {len(train_images)} unlabelled meta-train images")
         fit_start = time.monotonic()
+        if reads_rows:
+            encoder.transform_rows(dataset.indices(0), dataset_size=len(dataset))
         encoder.fit(train_images)
         fit_seconds = time.monotonic() - fit_start
     embeddings = embed_all(encoder, dataset.images)
@@ -66,7 +71,8 @@ def run_embed(
         raise CactusError(f"--method {encoder.name}: the encoder produced NaN or infinite embeddings")
     arrays = {"embeddings": embeddings, "split": dataset.split}
     arrays.update({f"encoder/{name}": value for name, value in encoder.get_state().items()})
-    history = getattr(encoder, "history_", None)
+    history = getattr(encoder, "history_", None) or (
+        {"loss": [float(x) for x in encoder.losses_]} if getattr(encoder, "losses_", None) is not None else None)
     attrs = {"data": data.as_dict(), "data_fingerprint": dataset.fingerprint(),
              "dataset": dataset.describe(), "fit_seconds": fit_seconds}
     if history:
@@ -78,9 +84,28 @@ def run_embed(
 
 
 def embed_all(encoder, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Transform images (N, H, W, C) in chunks -> (N, D) float32."""
-    parts = [encoder.transform(images[start : start + chunk]) for start in range(0, len(images), chunk)]
+    """Transform every dataset image (N, H, W, C) in chunks -> (N, D) float32."""
+    parts = []
+    for start in range(0, len(images), chunk):
+        stop = min(start + chunk, len(images))
+        if hasattr(encoder, "transform_rows"):
+            encoder.transform_rows(np.arange(start, stop), dataset_size=len(images))
+        parts.append(encoder.transform(images[start:stop]))
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, so a changed input file changes the artifact key."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise CactusError(f"--path {path}: cannot read ({error.strerror})") from None
+    return digest.hexdigest()
 
 
 def load_encoder(artifact):

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=f"omniglot:{DEFAULT_DATA}")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=None, help="Unsupervised steps [the rule's unroll].")
+    parser.add_argument("--steps", type=int, default=None, help="Unsupervised steps [the rule's default].")
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from cactus.data import TEST, load_dataset
-    from embeddings.learned_rule import DEFAULT_RULE, load_rule
+    from embeddings.learned_rule import DEFAULT_RULE, default_steps, load_rule
     from embeddings.pca import PCAEncoder
 
     torch.set_num_threads(args.threads)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     _, artifact = load_rule(rule_path)
     config = artifact.config
     size = int(artifact.attrs.get("image_shape", [28])[0])
-    steps = args.steps if args.steps is not None else int(config["unroll"])
+    steps = args.steps if args.steps is not None else default_steps(artifact)
     ds = load_dataset(args.data, image_size=size)
     rows = ds.indices(TEST)
     images, labels = ds.images[rows], ds.true_labels()[rows]

@@ -284,6 +284,12 @@ def load_rule(path: str | Path | None = None):
     return net, artifact
 
 
+def default_steps(artifact) -> int:
+    """Unsupervised steps used when ``--steps`` is not given: the rule's ``default_steps`` attribute
+    (chosen on validation characters for the shipped rule) or else its meta-training unroll length."""
+    return int(artifact.attrs.get("default_steps", artifact.config["unroll"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # The encoder
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +298,9 @@ class LearnedRuleEncoder(Encoder):
 
     ``width`` is the width of every hidden layer and so the embedding size; when it is not given,
     ``dim`` is used as the width (``dim`` is ignored when ``width`` is given). ``depth`` is the number
-    of layers, ``steps`` the number of unsupervised steps (default: the longest inner run the rule
-    was meta-trained on), ``rule`` a rule .h5 from ``cactus rule meta-train`` (None: the shipped rule).
+    of layers, ``steps`` the number of unsupervised steps (default: :func:`default_steps`; the rule
+    improves the features fast and then slowly degrades them, so more is not better), ``rule`` a rule
+    .h5 from ``cactus rule meta-train`` (None: the shipped rule).
     ``rule_key`` is filled in by :meth:`get_params` (the rule artifact's key, so that the cache key
     changes with the rule's content) and accepted back so that stored params rebuild the encoder.
     The rule is neuron-local, so any image size works, but the shipped rule was meta-trained on
@@ -349,7 +356,7 @@ class LearnedRuleEncoder(Encoder):
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))
         net, artifact = load_rule(self.rule)
-        steps = self.steps if self.steps is not None else int(artifact.config["unroll"])
+        steps = self.steps if self.steps is not None else default_steps(artifact)
         if self.quick:
             steps = min(steps, 50)
         pixels = as_float_pixels(images)

@@ -112,8 +112,14 @@ def build_report(
                       "validation accuracy (held-out pseudo-tasks or validation classes, as configured)."))
     ways = eval_ways or ([5, 20] if omniglot else [5])
     shots = eval_shots or [1, 5]
-    reports, source = collect.evaluation(run, ways, shots, eval_tasks, seed, device, threads, evaluate)
-    table = collect.evaluation_table(reports, omniglot)
+    settings = {"ways": ways, "shots": shots, "tasks": eval_tasks, "seed": seed}
+    reports, source = _earlier_evaluation(out.with_suffix(".json"), run, settings)
+    if not reports:
+        reports, source = collect.evaluation(run, ways, shots, eval_tasks, seed, device, threads, evaluate)
+    summary["keys"] = {stage: artifact.key for stage, artifact in run.artifacts.items()}
+    summary["evaluation_settings"] = settings
+    encoder = (embed.config.get("encoder") or {}).get("method") if embed is not None else None
+    table = collect.evaluation_table(reports, omniglot, encoder)
     if table["rows"]:
         drawn.append(("evaluation", figures.evaluation_bars(table, png("evaluation")),
                       "Test accuracy with 95% intervals" + (" beside the CACTUs paper's Omniglot numbers (hatched)"
@@ -140,6 +146,22 @@ def build_report(
     summary["report"] = str(out)
     _write_text(out.with_suffix(".json"), json.dumps(_jsonable(summary), indent=2, sort_keys=True) + "\n")
     return _jsonable(summary)
+
+
+def _earlier_evaluation(path: Path, run, settings: dict) -> tuple[list[dict], str]:
+    """The evaluation an earlier report computed, if it was for the same artifacts and settings."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [], ""
+    same = earlier.get("keys") == {stage: a.key for stage, a in run.artifacts.items()} and \
+        earlier.get("evaluation_settings") == settings
+    evaluation = earlier.get("evaluation") or {}
+    if not same or not evaluation.get("reports"):
+        return [], ""
+    first = str(evaluation.get("source", "")).replace("computed now", "computed")
+    first = first.split("; reused from")[0].split(", by an earlier report")[0]
+    return list(evaluation["reports"]), f"{first}, by an earlier report for these artifacts ({path.name})"
 
 
 def _task_figure(tasks, images: np.ndarray, shown: int, rng: np.random.Generator, path: Path) -> Path:

@@ -140,14 +140,17 @@ def evaluation(run: Run, ways: list[int], shots: list[int], num_tasks: int, seed
     return reports, note + ("; skipped: " + "; ".join(skipped) if skipped else "")
 
 
-def evaluation_table(reports: list[dict], omniglot: bool) -> dict[str, Any]:
+def evaluation_table(reports: list[dict], omniglot: bool, encoder: str | None = None) -> dict[str, Any]:
     """Rows (learner, settings -> (accuracy, ci95)), plus the paper's rows on Omniglot."""
+    embedding = f", {encoder} embedding" if encoder else ""
     settings = sorted({(r["ways"], r["shots"]) for report in reports for r in report.get("results", [])})
     rows = []
     for report in reports:
         cells = {(r["ways"], r["shots"]): (r["accuracy"], r["ci95"]) for r in report.get("results", [])}
-        name = report["learner"] + (" on the embedding" if report["learner"] in ("knn", "linear", "mlp", "ridge")
-                                    else " (CACTUs, ours)")
+        if report["learner"] in ("knn", "linear", "mlp", "ridge"):
+            name = f"{report['learner']} on the {encoder + ' ' if encoder else ''}embedding"
+        else:
+            name = f"{report['learner']} (CACTUs, ours{embedding})"
         if report.get("supervised"):
             name += " [SUPERVISED oracle]"
         rows.append({"name": name, "cells": cells, "paper": False})

@@ -213,8 +213,8 @@ def evaluation_bars(table: dict, path: Path) -> Path:
                 xs.append(s + (r - (len(rows) - 1) / 2) * width)
                 ys.append(value)
                 errs.append(ci or 0.0)
-        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=row["name"], color=colours[r % len(colours)],
-               hatch="//" if row["paper"] else None, edgecolor="white")
+        ax.bar(xs, ys, width, yerr=None if row["paper"] else errs, capsize=2, label=row["name"],
+               color=colours[r % len(colours)], hatch="//" if row["paper"] else None, edgecolor="white")
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels([f"{w}-way {k}-shot" for w, k in settings])
     ax.set_ylabel("test accuracy (%)")

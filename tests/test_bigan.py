@@ -36,7 +36,7 @@ def test_bigan_learns_on_omniglot():
 
     assert all(np.isfinite(encoder.losses_))
     # The encoder and the generator become closer to inverses: G(E(x)) moves towards x.
-    assert encoder.recon_errors_[-1] < 0.9 * encoder.recon_errors_[0]
+    assert encoder.recon_errors_[-1] < 0.95 * encoder.recon_errors_[0]
     assert all(np.isfinite(encoder.latent_errors_))
     embeddings = encoder.transform(test)
     assert embeddings.shape == (len(test), encoder.dim)

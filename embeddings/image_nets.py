@@ -50,6 +50,10 @@ class ConvEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def last_stage(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, width * 2**(stages-1), h, w): the last stride-2 conv, before its activation."""
+        return self.net[:-2](images)
+
 
 class ConvDecoder(nn.Module):
     """The mirror of :class:`ConvEncoder`: (B, in_channels, h, w) -> (B, out_channels, H, W).

@@ -101,7 +101,9 @@ def _tasks(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
 def _meta(path: Path, config: dict, arrays: dict[str, np.ndarray]) -> None:
     weights = {k: v for k, v in arrays.items() if k.startswith("weights/")}
     for name, value in weights.items():
-        if value.dtype.kind != "f":
+        # Integer bookkeeping is legitimate: batch-norm step counters, an encoder's input shape.
+        counter = name.endswith(("num_batches_tracked", "input_shape")) and value.dtype.kind in "iu"
+        if value.dtype.kind != "f" and not counter:
             raise _bad(path, f"/{name} is {value.dtype}, expected floats")
         if not np.isfinite(value).all():
             raise _bad(path, f"/{name} contains NaN or infinite values")

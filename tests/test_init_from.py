@@ -1,0 +1,31 @@
+"""ProtoNets fine-tuning a trained encoder's backbone (--init-from): train, store, evaluate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cactus.evaluate import run_evaluate
+from cactus.stages.cluster import run_cluster
+from cactus.stages.common import DataRef
+from cactus.stages.embed import run_embed
+from cactus.stages.meta import run_meta
+from cactus.stages.tasks import run_tasks
+from cactus.store import read_artifact
+
+
+def test_protonets_start_from_the_encoder_and_round_trip_through_the_artifact(tmp_path):
+    ref = DataRef("digits")
+    run_embed(tmp_path / "e.h5", ref, "contrastive", {"epochs": 1, "dim": 16, "width": 16})
+    run_cluster(tmp_path / "c.h5", tmp_path / "e.h5", clusters=20, partitions=2, min_cluster_size=6)
+    run_tasks(tmp_path / "t.h5", tmp_path / "c.h5", ways=5, shots=1, queries=5, num_tasks=40)
+    result = run_meta(tmp_path / "m.h5", tmp_path / "t.h5", "protonets", {"init_from": tmp_path / "e.h5"},
+                      iterations=4, device="cpu", validation="none")
+    learner = read_artifact(result.path, stage="meta")
+    embedded = read_artifact(tmp_path / "e.h5", stage="embed")
+    assert learner.config["learner"]["encoder"]["method"] == "contrastive"
+    assert embedded.key in learner.inputs  # a retrained encoder changes the learner's key
+    weights, start = learner.group("weights"), embedded.group("encoder")
+    assert set(weights) == set(start)
+    assert any(not np.array_equal(weights[k], start[k]) for k in weights if k.endswith("weight"))  # fine-tuned
+    report = run_evaluate(result.path, ways=[5], shots=[1], num_tasks=40, device="cpu")
+    assert report["learner"] == "protonets" and report["results"][0]["accuracy"] > 30

@@ -32,7 +32,7 @@ from embeddings.train_utils import (
 )
 
 QUICK_EPOCHS = 1
-FULL_EPOCHS = 3
+FULL_EPOCHS = 2
 PROBE_SIZE = 256  # images / codes used for the per-epoch reconstruction figures
 
 
@@ -78,7 +78,7 @@ class BiGANEncoder(Encoder):
         threads: int | None = None,
     ) -> None:
         epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
-        width = width if width is not None else (16 if quick else 32)
+        width = width if width is not None else 16  # width 32 embedded worse (49.0% / 59.8% after 1 epoch)
         check_options(dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, width=width)
         super().__init__(
             dim=dim, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, width=width, quick=quick, device=device

@@ -43,3 +43,20 @@ def _one_thread():
     torch.set_num_threads(1)
     with threadpool_limits(1):
         yield
+
+
+def omniglot_subset(train_images: int, test_classes: int):
+    """(train images (n, 28, 28, 1) uint8, test images, test labels) from the real default split."""
+    import numpy as np
+
+    from cactus.data import load_dataset
+
+    if not (OMNIGLOT / "images_background.zip").exists():
+        pytest.skip(f"no Omniglot at {OMNIGLOT}")
+    ds = load_dataset(f"omniglot:{OMNIGLOT}")
+    rng = np.random.default_rng(0)
+    train = ds.images[rng.choice(ds.indices(0), train_images, replace=False)]
+    test_rows = ds.indices(2)
+    labels = ds.true_labels()[test_rows]
+    keep = np.isin(labels, rng.choice(np.unique(labels), test_classes, replace=False))
+    return train, ds.images[test_rows[keep]], labels[keep]

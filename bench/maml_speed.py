@@ -1,6 +1,6 @@
 """MAML meta-training speed and peak memory: batched (folded, vmap) against the per-task loop.
 
-    python bench/maml_speed.py [--repeats 5] [--steps 3] [--threads 1]
+    python bench/maml_speed.py [--repeats 5] [--steps 3] [--threads 2]
 
 Same net (conv4, 32 filters, stride-2 downsampling, 28x28x1 Omniglot, N-way head), same task
 batches (meta-batch 8, 1-shot, drawn once from the Omniglot meta-train split and saved to a temp
@@ -11,12 +11,14 @@ file), 5 inner steps at lr 0.05, second order, one Adam step per meta-step, in t
   differentiating through the unrolled inner loop, as learn2learn's ``clone()``/``adapt()``),
   gradients handed to Adam;
 - ``vmap``: ``MAML(batching="vmap")``, the per-task function mapped with ``torch.func.vmap``;
-- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups;
-- ``folded_c2``: the same with ``task_chunk=2`` (the meta-batch run 2 tasks at a time, same gradient).
+- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups,
+  every inner loop at once, then the query sets scored one task at a time (``query_chunk=1``);
+- ``folded_onegraph``: the same with ``query_chunk=None`` (one graph for the whole batch);
+- ``folded_c2``: ``task_chunk=2`` (the meta-batch run 2 tasks at a time, same gradient).
 
 Each (variant, setting) runs in a fresh child process doing only that: one warm-up meta-step,
-then ``--steps`` timed ones; its peak memory is the child's ``ru_maxrss``, also given net of the
-RSS it had before the first meta-step. The machine is shared with other jobs, so every
+then ``--steps`` timed ones; its peak memory is the child's VmHWM, reset (``/proc/self/clear_refs``) once
+the data and net are loaded, also given net of the RSS it had then. The machine is shared with other jobs, so every
 (variant, setting) is run ``--repeats`` times, interleaved (with the order rotated) so that
 load hits them alike, and the median is reported. Every variant starts from the same weights and
 batch; the script checks that their first query losses agree. Writes bench/results/maml_speed.json.
@@ -29,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 SETTINGS = {"5way1shot15q": (5, 15), "20way1shot5q": (20, 5)}
-VARIANTS = ("loop", "vmap", "folded", "folded_c2")
+VARIANTS = ("loop", "vmap", "folded", "folded_onegraph", "folded_c2")
 META_BATCH, INNER_STEPS, INNER_LR, FILTERS = 8, 5, 0.05, 32
 
 
@@ -77,6 +78,27 @@ def make_batches(path: Path, n_batches: int) -> str:
     return source
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> float:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; return that RSS in MB.
+
+    ``ru_maxrss`` cannot be used: Linux carries it across fork+exec, so every child would report
+    at least the parent's peak (the parent holds the decoded Omniglot).
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
+
+
 def child(variant: str, setting: str, batches_path: str, steps: int, threads: int) -> dict:
     """Run one variant alone: a warm-up meta-step, then ``steps`` timed ones. Returns timings and memory."""
     import torch
@@ -86,11 +108,12 @@ def child(variant: str, setting: str, batches_path: str, steps: int, threads: in
     from cactus.meta.maml_reference import maml_reference_meta_gradient
     from cactus.meta.nets import ConvNet
 
-    data = torch.load(batches_path)[setting]
+    data = torch.load(batches_path, weights_only=True)[setting]
     ways = SETTINGS[setting][0]
     learner = MAML(1, 28, ways, filters=FILTERS, downsample="stride", inner_steps=INNER_STEPS,
                    inner_lr=INNER_LR, batching="vmap" if variant == "vmap" else "folded", seed=0,
-                   task_chunk=2 if variant == "folded_c2" else None)
+                   task_chunk=2 if variant == "folded_c2" else None,
+                   query_chunk=None if variant == "folded_onegraph" else 1)
     if variant == "loop":  # the stock ConvNet (fused batch norm), same initial weights, its own Adam
         net = ConvNet(1, 28, FILTERS, ways, "stride")
         net.load_state_dict(learner.net.state_dict())
@@ -107,15 +130,14 @@ def child(variant: str, setting: str, batches_path: str, steps: int, threads: in
         optimiser.step()
         return loss
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = reset_peak_rss()
     losses = [meta_step(0)]
     times = []
     for i in range(1, steps + 1):
         start = time.perf_counter()
         losses.append(meta_step(i))
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"times_s": times, "losses": losses, "rss_before_mb": rss_before / 1024, "peak_rss_mb": peak / 1024}
+    return {"times_s": times, "losses": losses, "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_child(variant: str, setting: str, batches: str, steps: int, threads: int) -> dict:
@@ -129,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed meta-steps per child process")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "maml_speed.json")
     parser.add_argument("--child", nargs=5, metavar=("VARIANT", "SETTING", "BATCHES", "STEPS", "THREADS"))
     args = parser.parse_args()
@@ -154,7 +176,7 @@ def main() -> None:
                     result = run_child(variant, setting, batches, args.steps, args.threads)
                     runs[setting][variant].append(result)
                     rate = META_BATCH * args.steps / sum(result["times_s"])
-                    print(f"[{repeat + 1}/{args.repeats}] {setting:13s} {variant:6s} {rate:6.2f} tasks/s  "
+                    print(f"[{repeat + 1}/{args.repeats}] {setting:13s} {variant:15s} {rate:6.2f} tasks/s  "
                           f"peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
 
     summary: dict[str, dict] = {}
@@ -191,7 +213,7 @@ def main() -> None:
             "net": f"conv4, {FILTERS} filters, stride, 28x28x1, N-way head", "meta_batch": META_BATCH,
             "inner_steps": INNER_STEPS, "inner_lr": INNER_LR, "order": "second", "shots": 1,
             "tasks": source, "timed_meta_steps_per_child": args.steps, "repeats": args.repeats,
-            "memory": "ru_maxrss of a fresh child process running only that variant",
+            "memory": "VmHWM of a fresh child process running only that variant, reset after loading",
         },
         "settings": summary,
         "wall_s": time.time() - started,
@@ -200,10 +222,10 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"MAML meta-training, meta-batch {META_BATCH}, {INNER_STEPS} inner steps, second order, "
           f"{args.threads} thread(s), median of {args.repeats}:")
-    print(f"{'setting':14s} {'variant':7s} {'tasks/s':>8s} {'x loop':>7s} {'peak MB':>8s} {'+MB':>6s}")
+    print(f"{'setting':14s} {'variant':15s} {'tasks/s':>8s} {'x loop':>7s} {'peak MB':>8s} {'+MB':>6s}")
     for setting, entry in summary.items():
         for variant, row in entry["variants"].items():
-            print(f"{setting:14s} {variant:7s} {row['tasks_per_s_median']:8.2f} "
+            print(f"{setting:14s} {variant:15s} {row['tasks_per_s_median']:8.2f} "
                   f"{row.get('speedup_vs_loop', 1.0):7.2f} {row['peak_rss_mb_median']:8.0f} "
                   f"{row['peak_minus_start_rss_mb_median']:6.0f}")
     print(f"wrote {args.out}")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cactus.meta.maml import BATCHING, MAML, batch_query_loss
+from cactus.meta.maml_folded import folded_meta_backward
 from cactus.meta.maml_reference import maml_reference_meta_gradient
 from cactus.meta.nets import ConvNet
 
@@ -66,6 +67,33 @@ def test_batched_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr,
     scale = max(g.abs().max().item() for g in expected.values())
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
+
+
+@pytest.mark.parametrize("query_chunk", [1, 2])
+@pytest.mark.parametrize(
+    "first_order, learn_inner_lr", [(False, False), (True, False), (False, True)],
+    ids=["second-order", "first-order", "meta-sgd"],
+)
+def test_query_chunked_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, query_chunk):
+    """The two-phase folded path (inner loops together, query sets a few tasks at a time)."""
+    learner = _float64_learner(first_order, learn_inner_lr)
+    batch = _random_batch()
+    lrs = learner.inner_lrs
+    leaves = dict(learner.net.named_parameters())
+    if isinstance(lrs, dict):
+        leaves.update({f"inner_lr/{n}": t for n, t in lrs.items()})
+    losses, logits = folded_meta_backward(learner.net, dict(learner.net.named_parameters()), lrs, 3,
+                                          first_order, *batch, 1 / TASKS, query_chunk)
+
+    reference_net = ConvNet(1, SIZE, 4, WAYS, "stride").double()
+    reference_net.load_state_dict(learner.net.state_dict())
+    loss, expected = maml_reference_meta_gradient(reference_net, *batch, 3, lrs, first_order)
+
+    assert logits.shape == (TASKS, WAYS * QUERIES, WAYS) and not logits.requires_grad
+    assert losses.mean().item() == pytest.approx(loss, rel=1e-10)
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
 
 
 def test_first_order_differs_from_second_order():
@@ -137,17 +165,18 @@ def test_predict_rejects_more_classes_than_the_head():
         learner.predict(support_x, support_y, query_x)
 
 
-def test_task_chunks_give_the_same_step():
+def test_task_and_query_chunks_give_the_same_step():
     batch = _random_batch()
     results = []
-    for chunk in (None, 2):
+    for task_chunk, query_chunk in ((None, None), (2, None), (None, 1), (2, 1)):
         learner = _float64_learner(False, False)
-        learner.task_chunk = chunk
+        learner.task_chunk, learner.query_chunk = task_chunk, query_chunk
         results.append((learner.meta_step(*batch), learner.weights()))
-    assert results[1][0]["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-12)
-    assert results[1][0]["accuracy"] == pytest.approx(results[0][0]["accuracy"])
-    for k, v in results[0][1].items():
-        np.testing.assert_allclose(results[1][1][k], v, rtol=1e-7, atol=1e-10)
+    for stats, weights in results[1:]:
+        assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-12)
+        assert stats["accuracy"] == pytest.approx(results[0][0]["accuracy"])
+        for k, v in results[0][1].items():
+            np.testing.assert_allclose(weights[k], v, rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("learn_inner_lr", [False, True])

@@ -21,7 +21,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from cactus.meta.maml_folded import folded_batch_query_loss, folded_forward, folded_task_losses
+from cactus.meta.maml_folded import (
+    folded_batch_query_loss,
+    folded_forward,
+    folded_meta_backward,
+    folded_task_losses,
+)
 from cactus.meta.nets import ConvNet
 
 LR_PREFIX = "inner_lr/"
@@ -138,8 +143,11 @@ class MAML:
     and 1.3x at 20-way on a 2-core CPU, where ``vmap`` is no faster than the loop: see
     bench/maml_speed.py) runs the same maths with the task axis folded into the conv channels by
     hand (:mod:`cactus.meta.maml_folded`). Both equal the per-task loop's meta-gradient.
-    Both keep every task's unrolled graph alive at once; ``task_chunk`` runs the meta-batch that
-    many tasks at a time (same gradient, one Adam step) to trade speed for memory.
+    Both keep every task's unrolled inner loop alive at once. The folded path then scores the query
+    sets ``query_chunk`` tasks at a time (:func:`~cactus.meta.maml_folded.folded_meta_backward`;
+    ``None`` keeps the whole batch's query graph too), which saves memory at no cost in speed;
+    ``task_chunk`` runs the meta-batch that many tasks at a time (same gradient, one Adam step),
+    trading speed for memory.
     """
 
     def __init__(
@@ -160,6 +168,7 @@ class MAML:
         predict_chunk: int = 32,
         batching: str = "folded",
         task_chunk: int | None = None,
+        query_chunk: int | None = 1,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {sorted(BATCHING)}, not {batching!r}")
@@ -172,6 +181,7 @@ class MAML:
         self.learn_inner_lr = learn_inner_lr
         self.predict_chunk = predict_chunk
         self.task_chunk = task_chunk
+        self.query_chunk = query_chunk
         self.device = torch.device(device)
         self.net = vmap_safe(ConvNet(in_channels, image_size, filters, ways, downsample)).to(self.device)
         self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
@@ -201,10 +211,12 @@ class MAML:
         loss_sum, correct = 0.0, 0.0
         for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
             part = [t[start : start + chunk] for t in tensors]
-            losses, logits = BATCHING[self.batching](
-                self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *part
-            )
-            (losses.sum() / batch).backward()
+            how = (self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *part)
+            if self.batching == "folded" and self.query_chunk:
+                losses, logits = folded_meta_backward(*how, 1 / batch, self.query_chunk)
+            else:
+                losses, logits = BATCHING[self.batching](*how)
+                (losses.sum() / batch).backward()
             loss_sum += losses.sum().item()
             correct += (logits.argmax(-1) == part[3]).float().mean(1).sum().item()
         self.optimiser.step()

@@ -111,3 +111,42 @@ def folded_batch_query_loss(
     """Drop-in for :func:`cactus.meta.maml.batch_query_loss`: losses (B,), logits (B, N*Q, N)."""
     adapted = folded_adapt(net, params, inner_lrs, support_x, support_y, steps, first_order)
     return folded_task_losses(net, adapted, query_x, query_y)
+
+
+def folded_meta_backward(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    steps: int,
+    first_order: bool,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    scale: float,
+    query_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate ``scale * d(sum of query losses)/d(params, inner_lrs)`` into ``.grad``; return losses, logits.
+
+    The same meta-gradient as differentiating :func:`folded_batch_query_loss`, computed in two
+    phases to bound memory: every task's inner loop runs at once (the support sets are small, so
+    its unrolled graph is too), then the query sets, which hold most of the activations, are scored
+    ``query_chunk`` tasks at a time, each chunk's graph freed once it has given the gradient with
+    respect to its adapted weights; one backward pass carries those gradients through the inner loop.
+    """
+    adapted = folded_adapt(net, params, inner_lrs, support_x, support_y, steps, first_order)
+    names = list(adapted)
+    batch = support_x.shape[0]
+    chunk_grads: list[tuple[torch.Tensor, ...]] = []
+    losses, logits = [], []
+    for start in range(0, batch, query_chunk):
+        part = slice(start, start + query_chunk)
+        leaves = {n: adapted[n][part].detach().requires_grad_() for n in names}
+        chunk_losses, chunk_logits = folded_task_losses(net, leaves, query_x[part], query_y[part])
+        chunk_grads.append(torch.autograd.grad(chunk_losses.sum() * scale, [leaves[n] for n in names]))
+        losses.append(chunk_losses.detach())
+        logits.append(chunk_logits.detach())
+    torch.autograd.backward(
+        [adapted[n] for n in names], [torch.cat([g[i] for g in chunk_grads]) for i in range(len(names))]
+    )
+    return torch.cat(losses), torch.cat(logits)

@@ -136,16 +136,32 @@ ENCODER_OPTIONS = ("dim", "epochs", "batch_size", "lr", "seed", "device", "threa
 @click.option("--path", type=str, default=None,
               help="load: embeddings you already have (.npy/.npz/.h5, one row per image) or a TorchScript encoder.")
 @with_options(device_options)
+@click.option("--resume", is_flag=True, help="Continue training from the checkpoint beside --out.")
+@click.option("--checkpoint-every", type=float, default=300.0, show_default=True,
+              help="Seconds between checkpoints of a neural encoder's training.")
 @force_option
 @json_option
-def embed(data, image_size, split, split_seed, out, method, encoder_file, force, as_json, **options):
-    """Fit an unsupervised encoder on the meta-train images and embed every image."""
+def embed(data, image_size, split, split_seed, out, method, encoder_file, resume, checkpoint_every, force, as_json,
+          **options):
+    """Fit an unsupervised encoder on the meta-train images and embed every image.
+
+    The neural encoders checkpoint beside --out (OUT.ckpt) and on SIGTERM/SIGINT; --resume
+    continues to the same result. Under `torchrun --nproc-per-node N` contrastive and acai split
+    each mini-batch over the N processes (--batch-size a multiple of N); the others refuse.
+    """
+    from cactus import distributed
     from cactus.stages.embed import run_embed
 
     given = {k: v for k, v in options.items() if k in ENCODER_OPTIONS and v is not None}
     if not given.get("device") or given.get("device") == "auto":
         given.pop("device", None)
-    result = run_embed(out, data_ref(data, image_size, split, split_seed), method, given, encoder_file, force)
+    try:
+        result = run_embed(out, data_ref(data, image_size, split, split_seed), method, given, encoder_file, force,
+                           resume, checkpoint_every)
+    finally:
+        distributed.teardown()  # under torchrun / srun; a no-op otherwise
+    if result.summary.get("rank"):  # ranks > 0 of a distributed run: rank 0 reports
+        return
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")
 
 

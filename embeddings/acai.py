@@ -37,6 +37,7 @@ class ACAIEncoder(Encoder):
     """
 
     name = "acai"
+    not_data_parallel = None
 
     def __init__(
         self,
@@ -83,8 +84,14 @@ class ACAIEncoder(Encoder):
 
     # -- the contract -----------------------------------------------------------------------
     def fit(self, images: np.ndarray) -> ACAIEncoder:
-        """Train on images (N, H, W, C) uint8."""
+        """Train on images (N, H, W, C) uint8.
+
+        Under torchrun each rank trains on its share of every batch; the interpolation partner of
+        row i is row B - 1 - i of the whole batch, so a rank also encodes its rows' partners.
+        """
         import torch
+
+        from embeddings.checkpointing import TrainingState
 
         self._remember_input(images)
         device, generator = setup_torch(self.seed, self.device, self.threads)
@@ -92,20 +99,53 @@ class ACAIEncoder(Encoder):
         for net in (self.encoder_, self.decoder_, self.critic_):
             net.to(device).train()
         ae_params = [*self.encoder_.parameters(), *self.decoder_.parameters()]
-        critic_params = list(self.critic_.parameters())
         ae_opt = torch.optim.Adam(ae_params, lr=self.lr)
-        critic_opt = torch.optim.Adam(critic_params, lr=self.lr)
+        critic_opt = torch.optim.Adam(self.critic_.parameters(), lr=self.lr)
         critic_sums: list[float] = []
+        self.critic_losses_: list[float] = []
+        step = self._step_function(images, device, generator, ae_opt, critic_opt, critic_sums)
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            self.critic_losses_.append(float(np.mean(critic_sums)) if critic_sums else float("nan"))
+            critic_sums.clear()
+
+        def load_extra(saved: dict) -> None:
+            critic_sums[:] = [float(x) for x in saved["critic_sums"]]
+            self.critic_losses_ = [float(x) for x in saved["critic_losses"]]
+
+        state = TrainingState(
+            {"encoder": self.encoder_, "decoder": self.decoder_, "critic": self.critic_, "ae_opt": ae_opt,
+             "critic_opt": critic_opt}, generator,
+            lambda: {"critic_sums": list(critic_sums), "critic_losses": list(self.critic_losses_)}, load_extra)
+        self.losses_ = train_epochs(step, len(images), self.epochs, self.batch_size, np.random.default_rng(self.seed),
+                                    "acai", on_epoch, state=state)
+        for net in (self.encoder_, self.decoder_, self.critic_):
+            net.eval()
+        return self
+
+    def _step_function(self, images, device, generator, ae_opt, critic_opt, critic_sums: list[float]):
+        """step(indices (B,)) -> the batch's reconstruction MSE; appends its critic loss to ``critic_sums``."""
+        import torch
+
+        from embeddings import parallel
+
+        ae_params = [p for group in ae_opt.param_groups for p in group["params"]]
+        critic_params = [p for group in critic_opt.param_groups for p in group["params"]]
 
         def step(indices: np.ndarray) -> float:
-            x = to_tensor(images[indices], device)
+            batch = to_tensor(images[indices], device)  # (B, C, H, W)
+            split = parallel.world().distributed
+            rows = parallel.share(len(batch))
+            x = batch[rows] if split else batch
             latent = self.encoder_(x)
             recon = self.decoder_(latent)
-            # alpha in [0, 0.5]: the critic cannot tell which end of the pair is which.
-            alpha = 0.5 - (torch.rand(len(x), generator=generator) - 0.5).abs()
-            alpha = alpha.to(device)
+            # alpha in [0, 0.5]: the critic cannot tell which end of the pair is which. (B,), drawn on every rank.
+            alpha = 0.5 - (torch.rand(len(batch), generator=generator) - 0.5).abs()
+            alpha = alpha[rows].to(device)
             shaped = alpha.view(-1, 1, 1, 1)
-            mixed = self.decoder_(shaped * latent + (1 - shaped) * latent.flip(0))
+            # Row i is mixed with row B - 1 - i of the whole batch (on another rank when split: encode it here).
+            mixed = self.decoder_(shaped * latent + (1 - shaped) * (
+                self.encoder_(batch.flip(0)[rows]) if split else latent.flip(0)))
             critic_mixed = self.critic_(mixed).mean(dim=(1, 2, 3))
             blend = (recon + self.gamma * (x - recon)).detach()
             critic_real = self.critic_(blend).mean(dim=(1, 2, 3))
@@ -119,21 +159,11 @@ class ACAIEncoder(Encoder):
             critic_loss.backward(inputs=critic_params)
             ae_opt.step()
             critic_opt.step()
-            critic_sums.append(critic_loss.item())
-            return recon_loss.item()
+            recon_value, critic_value = parallel.average([recon_loss.item(), critic_loss.item()])
+            critic_sums.append(critic_value)
+            return recon_value
 
-        self.critic_losses_: list[float] = []
-
-        def on_epoch(epoch: int, loss: float) -> None:
-            self.critic_losses_.append(float(np.mean(critic_sums)) if critic_sums else float("nan"))
-            critic_sums.clear()
-
-        self.losses_ = train_epochs(
-            step, len(images), self.epochs, self.batch_size, np.random.default_rng(self.seed), "acai", on_epoch
-        )
-        for net in (self.encoder_, self.decoder_, self.critic_):
-            net.eval()
-        return self
+        return step
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, dim) float32: the flattened pre-activation latent."""

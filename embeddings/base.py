@@ -19,6 +19,9 @@ class Encoder:
     """Base class: images (N, H, W, C) uint8 in, embeddings (N, D) float32 out."""
 
     name: ClassVar[str] = "encoder"
+    #: Why a multi-process (torchrun) fit could not equal a one-process fit; None: it can
+    #: (the encoder splits its batches with :mod:`embeddings.parallel`).
+    not_data_parallel: ClassVar[str | None] = "it has no data-parallel training loop"
 
     def __init__(self, dim: int = 64, seed: int = 0, **hyper: Any) -> None:
         self.dim = dim

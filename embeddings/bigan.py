@@ -20,6 +20,7 @@ from torch import nn
 
 from cactus.errors import CactusError
 from embeddings.base import Encoder
+from embeddings.checkpointing import TrainingState
 from embeddings.image_nets import ConvTrunk, Generator
 from embeddings.train_utils import (
     check_options,
@@ -64,6 +65,8 @@ class BiGANEncoder(Encoder):
     """
 
     name = "bigan"
+    not_data_parallel = ("its discriminator couples the rows of a batch (minibatch spread, batch-norm generator) "
+                         "and draws dropout masks per rank")
 
     def __init__(
         self,
@@ -131,7 +134,16 @@ class BiGANEncoder(Encoder):
             self.recon_errors_.append(recon)
             self.latent_errors_.append(latent)
 
-        self.losses_ = train_epochs(step, len(images), self.epochs, self.batch_size, rng, "bigan", on_epoch)
+        def load_extra(saved: dict) -> None:
+            self.recon_errors_ = [float(x) for x in saved["recon_errors"]]
+            self.latent_errors_ = [float(x) for x in saved["latent_errors"]]
+
+        state = TrainingState(
+            {"encoder": self.encoder_, "generator": self.generator_, "discriminator": self.discriminator_,
+             "eg_opt": eg_opt, "d_opt": d_opt}, generator,
+            lambda: {"recon_errors": list(self.recon_errors_), "latent_errors": list(self.latent_errors_)}, load_extra)
+        self.losses_ = train_epochs(step, len(images), self.epochs, self.batch_size, rng, "bigan", on_epoch,
+                                    state=state)
         for net in nets:
             net.eval()
         codes = embed_in_batches(self.encoder_, images, device=device).astype(np.float64)

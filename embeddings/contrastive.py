@@ -46,6 +46,7 @@ class ContrastiveEncoder(Encoder):
     """
 
     name = "contrastive"
+    not_data_parallel = None
 
     def __init__(
         self,
@@ -90,19 +91,23 @@ class ContrastiveEncoder(Encoder):
         return backbone, head
 
     def fit(self, images: np.ndarray) -> ContrastiveEncoder:
-        """Train on images (N, H, W, C) uint8 with two augmented views per image."""
+        """Train on images (N, H, W, C) uint8 with two augmented views per image.
+
+        Under torchrun every rank augments the whole batch (the same views), encodes its share of
+        the rows with synced batch norm and computes NT-Xent on the gathered projections.
+        """
         import torch
 
-        from embeddings.augment import augment
-        from embeddings.train_utils import recompute_batchnorm, setup_torch, to_tensor, train_epochs
+        from embeddings import parallel
+        from embeddings.checkpointing import TrainingState
+        from embeddings.train_utils import recompute_batchnorm, setup_torch, train_epochs
 
         self._remember_input(images)
         if len(images) < 2:
             raise CactusError("contrastive encoder: needs at least 2 images to contrast")
         device, generator = setup_torch(self.seed, self.device, self.threads)
         rng = np.random.default_rng(self.seed)
-        backbone, head = self._build(images.shape[-1])
-        backbone, head = backbone.to(device), head.to(device)
+        backbone, head = (parallel.sync_batchnorm(net).to(device) for net in self._build(images.shape[-1]))
         params = [*backbone.parameters(), *head.parameters()]
         optimiser = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         batch = min(self.batch_size, len(images))
@@ -114,22 +119,38 @@ class ContrastiveEncoder(Encoder):
         )
         backbone.train()
         head.train()
-
-        def step(indices: np.ndarray) -> float:
-            x = to_tensor(images[indices], device)
-            views = torch.cat([augment(x, generator), augment(x, generator)])
-            loss = nt_xent(head(backbone(views)), self.temperature)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            return loss.item()
-
-        self.losses_ = train_epochs(step, len(images), self.epochs, batch, rng, "contrastive")
+        step = self._step_function(images, backbone, head, optimiser, schedule, generator, device)
+        state = TrainingState({"backbone": backbone, "head": head, "optimiser": optimiser, "schedule": schedule},
+                              generator)
+        self.losses_ = train_epochs(step, len(images), self.epochs, batch, rng, "contrastive", state=state)
         recompute_batchnorm(backbone, images, device=device)
         self.backbone_ = backbone
         self.device_ = device
         return self
+
+    def _step_function(self, images, backbone, head, optimiser, schedule, generator, device):
+        """step(indices (B,)) -> NT-Xent loss of the batch's 2B views (this rank's B/W rows trained)."""
+        import torch
+
+        from embeddings import parallel
+        from embeddings.augment import augment
+        from embeddings.train_utils import to_tensor
+
+        def step(indices: np.ndarray) -> float:
+            x = to_tensor(images[indices], device)
+            first, second = augment(x, generator), augment(x, generator)  # (B, C, H, W) each, on every rank
+            rows = parallel.share(len(x))
+            local = len(first[rows])
+            z = head(backbone(torch.cat([first[rows], second[rows]])))  # (2B/W, proj_dim)
+            z = torch.cat([parallel.gather_rows(z[:local]), parallel.gather_rows(z[local:])])  # (2B, proj_dim)
+            loss = nt_xent(z, self.temperature)
+            optimiser.zero_grad(set_to_none=True)
+            (loss * parallel.world_size()).backward()  # each rank's gradient reaches only its own rows
+            optimiser.step()
+            schedule.step()
+            return loss.item()
+
+        return step
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """Embed images (N, H, W, C) uint8 -> (N, dim) float32 (unit rows when ``normalize``)."""

@@ -58,6 +58,8 @@ class DeepClusterEncoder(Encoder):
     """
 
     name = "deepcluster"
+    not_data_parallel = ("its pseudo-labels are k-means assignments, which features equal only to float tolerance "
+                         "can flip, so several processes could train on other labels than one")
 
     def __init__(
         self,
@@ -106,12 +108,9 @@ class DeepClusterEncoder(Encoder):
     def fit(self, images: np.ndarray) -> DeepClusterEncoder:
         """Alternate clustering and classification on images (N, H, W, C) uint8."""
         import torch
-        import torch.nn.functional as F
-        from torch import nn
 
-        from cactus.cluster import KMeans
-        from embeddings.augment import AugmentConfig, augment
-        from embeddings.train_utils import recompute_batchnorm, setup_torch, to_tensor, train_epochs
+        from embeddings.checkpointing import TrainingState
+        from embeddings.train_utils import recompute_batchnorm, setup_torch, train_epochs
 
         self._remember_input(images)
         if len(images) < self.clusters:
@@ -121,38 +120,11 @@ class DeepClusterEncoder(Encoder):
         self.backbone_ = self._build(images.shape[-1]).to(self.device_)
         optimiser = torch.optim.SGD(self.backbone_.parameters(), lr=self.lr, momentum=0.9,
                                     weight_decay=self.weight_decay)
-        light = AugmentConfig(rotation_deg=10, scale=(0.85, 1.15), shear=0.15, translate=0.1, elastic=0.03,
-                              p_dilate=0.15, p_erode=0.05, p_cutout=0.0)
-        self.losses_: list[float] = []
-        for epoch in range(self.epochs):
-            # 1. pseudo-labels from the current features
-            features = self._raw_features(images)
-            mean, components, scale = pca_whitening(features, self.dim)
-            labels = KMeans(self.clusters, n_iter=20, random_state=self.seed * 1000 + epoch).fit(
-                whiten(features, mean, components, scale)).labels_
-            # 2. a new classifier head, one epoch of classification on cluster-uniform samples
-            head = nn.Linear(self.features, self.clusters).to(self.device_)
-            head_optimiser = torch.optim.SGD(head.parameters(), lr=self.lr, momentum=0.9)
-            order = uniform_over_clusters(labels, len(images), rng)
-            targets = torch.as_tensor(labels, device=self.device_)
-            self.backbone_.train()
-
-            def step(positions: np.ndarray, order=order, head=head, head_optimiser=head_optimiser,
-                     targets=targets) -> float:
-                rows = order[positions]
-                x = to_tensor(images[rows], self.device_)
-                if self.augment:
-                    x = augment(x, generator, light)
-                loss = F.cross_entropy(head(self.backbone_(x)), targets[torch.as_tensor(rows, device=self.device_)])
-                optimiser.zero_grad(set_to_none=True)
-                head_optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                head_optimiser.step()
-                return loss.item()
-
-            self.losses_ += train_epochs(step, len(order), 1, self.batch_size, rng,
-                                         f"deepcluster {epoch + 1}/{self.epochs}")
+        rounds = _Rounds(self, images, rng)
+        state = TrainingState({"backbone": self.backbone_, "optimiser": optimiser}, generator, rounds.save,
+                              rounds.load)
+        self.losses_ = train_epochs(rounds.step_function(optimiser, generator), len(images), self.epochs,
+                                    self.batch_size, rng, "deepcluster", state=state, on_epoch_start=rounds.start)
         recompute_batchnorm(self.backbone_, images, device=self.device_)
         features = self._raw_features(images)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = pca_whitening(features, self.dim)
@@ -187,3 +159,79 @@ class DeepClusterEncoder(Encoder):
         self.pca_scale_ = np.asarray(state["pca_scale"], dtype=np.float32)
         if self.pca_components_.shape != (self.dim, self.features):
             raise CactusError("deepcluster encoder: stored PCA does not match --dim")
+
+
+class _Rounds:
+    """DeepCluster's per-epoch state: the pseudo-labels (N,), the cluster-uniform order (N,) and a new head.
+
+    ``start(epoch)`` re-clusters and draws the epoch's order; ``save`` / ``load`` put that state in
+    a checkpoint, so a fit resumed mid-epoch trains on the same pseudo-labels with the same head.
+    """
+
+    def __init__(self, encoder: DeepClusterEncoder, images: np.ndarray, rng: np.random.Generator) -> None:
+        self.encoder, self.images, self.rng = encoder, images, rng
+        self.labels = self.order = self.head = self.head_optimiser = None
+
+    def start(self, epoch: int) -> None:
+        """1. pseudo-labels from the current features; 2. a new classifier head; the epoch's sample order."""
+        from cactus.cluster import KMeans
+
+        enc = self.encoder
+        features = enc._raw_features(self.images)
+        mean, components, scale = pca_whitening(features, enc.dim)
+        labels = KMeans(enc.clusters, n_iter=20, random_state=enc.seed * 1000 + epoch).fit(
+            whiten(features, mean, components, scale)).labels_
+        self._new_head()
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.order = uniform_over_clusters(self.labels, len(self.images), self.rng)
+        enc.backbone_.train()
+
+    def _new_head(self) -> None:
+        """A freshly initialised (features -> clusters) linear head and its SGD (torch's global RNG)."""
+        import torch
+        from torch import nn
+
+        enc = self.encoder
+        self.head = nn.Linear(enc.features, enc.clusters).to(enc.device_)
+        self.head_optimiser = torch.optim.SGD(self.head.parameters(), lr=enc.lr, momentum=0.9)
+
+    def save(self) -> dict:
+        import torch
+
+        return {"labels": torch.as_tensor(self.labels), "order": torch.as_tensor(self.order),
+                "head": self.head.state_dict(), "head_optimiser": self.head_optimiser.state_dict()}
+
+    def load(self, saved: dict) -> None:
+        self._new_head()
+        self.head.load_state_dict(saved["head"])
+        self.head_optimiser.load_state_dict(saved["head_optimiser"])
+        self.labels, self.order = saved["labels"].numpy(), saved["order"].numpy()
+        self.encoder.backbone_.train()
+
+    def step_function(self, optimiser, generator):
+        """step(positions (B,) into this epoch's order) -> cross-entropy on the rows' pseudo-labels."""
+        import torch
+        import torch.nn.functional as F
+
+        from embeddings.augment import AugmentConfig, augment
+        from embeddings.train_utils import to_tensor
+
+        enc = self.encoder
+        light = AugmentConfig(rotation_deg=10, scale=(0.85, 1.15), shear=0.15, translate=0.1, elastic=0.03,
+                              p_dilate=0.15, p_erode=0.05, p_cutout=0.0)
+
+        def step(positions: np.ndarray) -> float:
+            rows = self.order[positions]
+            x = to_tensor(self.images[rows], enc.device_)
+            if enc.augment:
+                x = augment(x, generator, light)
+            targets = torch.as_tensor(self.labels[rows], device=enc.device_)
+            loss = F.cross_entropy(self.head(enc.backbone_(x)), targets)
+            optimiser.zero_grad(set_to_none=True)
+            self.head_optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            self.head_optimiser.step()
+            return loss.item()
+
+        return step

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddings.base import Encoder
+from embeddings.checkpointing import TrainingState
 from embeddings.image_nets import ConvTrunk, Generator
 from embeddings.train_utils import (
     check_options,
@@ -75,6 +76,8 @@ class InfoGANEncoder(Encoder):
     """
 
     name = "infogan"
+    not_data_parallel = ("its losses couple the rows of a batch (minibatch spread, feature matching of batch means, "
+                         "batch-norm generator)")
 
     def __init__(
         self,
@@ -167,7 +170,15 @@ class InfoGANEncoder(Encoder):
             d_sums.clear()
 
         rng = np.random.default_rng(self.seed)
-        self.losses_ = train_epochs(step, len(images), self.epochs, self.batch_size, rng, "infogan", on_epoch)
+        def load_extra(saved: dict) -> None:
+            d_sums[:] = [float(x) for x in saved["d_sums"]]
+            self.d_losses_ = [float(x) for x in saved["d_losses"]]
+
+        state = TrainingState(
+            {"generator": self.generator_, "discriminator": self.discriminator_, "g_opt": g_opt, "d_opt": d_opt},
+            generator, lambda: {"d_sums": list(d_sums), "d_losses": list(self.d_losses_)}, load_extra)
+        self.losses_ = train_epochs(step, len(images), self.epochs, self.batch_size, rng, "infogan", on_epoch,
+                                    state=state)
         for net in (self.generator_, self.discriminator_):
             net.eval()
         return self

@@ -7,7 +7,8 @@ Stable API (other encoders import these names):
 - :func:`batch_order` -- shuffled mini-batch index arrays for one epoch, from a numpy generator.
 - :func:`to_tensor` -- uint8 images (B, H, W, C) numpy -> float (B, C, H, W) in [0, 1] on a device.
 - :func:`train_epochs` -- the fit loop: a progress bar over every step, the loss beside it,
-  per-epoch mean losses returned.
+  per-epoch mean losses returned; checkpoints / resume (:mod:`embeddings.checkpointing`) and
+  data-parallel ranks (:mod:`embeddings.parallel`) when the encoder hands it a ``TrainingState``.
 - :func:`embed_in_batches` -- apply a function to all images in batches under ``no_grad``.
 - :func:`module_state` / :func:`load_module_state` -- ``nn.Module`` <-> ``dict[str, np.ndarray]``
   (the form ``Encoder.get_state`` returns and the HDF5 artifact stores).
@@ -20,12 +21,16 @@ one seed gives the same weights on CPU (same thread count).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cactus.errors import CactusError
+
+if TYPE_CHECKING:
+    from embeddings.checkpointing import Position, TrainingState
 
 
 def check_options(**options: Any) -> None:
@@ -87,43 +92,125 @@ def train_epochs(
     description: str,
     on_epoch: Callable[[int, float], None] | None = None,
     drop_last: bool = True,
+    state: TrainingState | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """The fit loop shared by the neural encoders.
+    """The fit loop shared by the neural encoders, with checkpoints, resume and data parallelism.
 
-    step(indices (B,) int64) runs one optimisation step on those rows and returns its loss.
-    Batches come from :func:`batch_order` with ``rng``; a progress bar covers every step with the
-    running loss. on_epoch(epoch, mean_loss) is called after each epoch (e.g. DeepCluster's
-    re-clustering or a learning-rate schedule). Returns the mean loss of each epoch.
+    step(indices (B,) int64) runs one optimisation step on those rows and returns its loss (under
+    torchrun: the loss of the whole batch, see :mod:`embeddings.parallel`). Batches come from
+    :func:`batch_order` with ``rng``; a progress bar covers every step with the running loss.
+    on_epoch_start(epoch) runs before an epoch's order is drawn (DeepCluster's re-clustering);
+    on_epoch(epoch, mean_loss) after each epoch. Returns the mean loss of each epoch.
+
+    ``state`` (what the encoder must save, :class:`embeddings.checkpointing.TrainingState`) turns on
+    the checkpoints of the current :class:`~embeddings.checkpointing.FitSession`: every
+    ``every_s`` seconds and on SIGTERM / SIGINT (then :class:`cactus.checkpoint.Stopped` is raised),
+    and ``--resume`` continues from the last one to the result of an uninterrupted fit.
     """
-    from cactus.progress import Progress
+    from embeddings import checkpointing, parallel
 
+    session = checkpointing.current_session()
     steps_per_epoch = len(batch_order(n, batch_size, np.random.default_rng(0), drop_last))
-    losses: list[float] = []
+    if session.world.distributed and min(batch_size, n) % session.world.size:
+        raise CactusError(f"--batch-size {min(batch_size, n)}: not divisible by the {session.world.size} processes "
+                          "of this distributed run; use a multiple of the world size")
+    position = (checkpointing.restore(session, state) if state is not None else None) or checkpointing.Position()
+    hooks = parallel.start(state) if state is not None else []
+    done = position.epoch * steps_per_epoch + position.step
+    loop = _FitLoop(step, session, state, position, description, done, epochs * steps_per_epoch)
+    try:
+        with _stop_signals(session, state) as stop:
+            loop.stop = stop
+            for epoch in range(position.epoch, epochs):
+                batches = _epoch_batches(n, batch_size, rng, drop_last, epoch, position, on_epoch_start)
+                loop.run_epoch(epoch, batches, position.step)
+                position.losses.append(position.total / max(position.count, 1))
+                position.total, position.count = 0.0, 0
+                if on_epoch is not None:
+                    on_epoch(epoch, position.losses[-1])
+    finally:
+        loop.close()
+        for hook in hooks:
+            hook.remove()
+    return position.losses
 
-    def all_batches() -> Iterator[tuple[int, np.ndarray]]:
-        for epoch in range(epochs):
-            for indices in batch_order(n, batch_size, rng, drop_last):
-                yield epoch, indices
 
-    progress = Progress(all_batches(), total=epochs * steps_per_epoch, description=description)
-    current, total, count = 0, 0.0, 0
-    for epoch, indices in progress:
-        if epoch != current:
-            losses.append(total / max(count, 1))
-            if on_epoch is not None:
-                on_epoch(current, losses[-1])
-            current, total, count = epoch, 0.0, 0
-        loss = float(step(indices))
-        if not np.isfinite(loss):
-            raise CactusError(f"{description}: the loss became {loss} at epoch {epoch + 1}; lower --lr")
-        total += loss
-        count += 1
-        progress.set(epoch=epoch + 1, loss=total / count)
-    if count:
-        losses.append(total / count)
-        if on_epoch is not None:
-            on_epoch(current, losses[-1])
-    return losses
+def _epoch_batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool, epoch: int,
+                   position: Position, on_epoch_start: Callable[[int], None] | None) -> list[np.ndarray]:
+    """The epoch's batches; for the epoch a checkpoint stopped in, the same order again (from its saved rng)."""
+    from embeddings.checkpointing import rng_state
+
+    if epoch == position.epoch and position.epoch_rng is not None:
+        rng.bit_generator.state = position.epoch_rng
+    else:
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        position.epoch, position.step = epoch, 0
+        position.epoch_rng = rng_state(rng)
+    return batch_order(n, batch_size, rng, drop_last)
+
+
+class _FitLoop:
+    """The steps of :func:`train_epochs`: progress, loss checks, periodic and requested checkpoints."""
+
+    def __init__(self, step, session, state, position, description: str, done: int, total: int) -> None:
+        import time
+
+        from cactus.progress import Progress
+
+        self.step, self.session, self.state, self.position = step, session, state, position
+        self.description, self.done = description, done
+        self.stop = None
+        self.last_save = time.monotonic()
+        self.progress = Progress(range(done, total), total - done, description)
+        self.ticks = iter(self.progress)
+
+    def run_epoch(self, epoch: int, batches: list[np.ndarray], skip: int) -> None:
+        for index in range(skip, len(batches)):
+            next(self.ticks)
+            loss = float(self.step(batches[index]))
+            if not np.isfinite(loss):
+                raise CactusError(f"{self.description}: the loss became {loss} at epoch {epoch + 1}; lower --lr")
+            self.position.total += loss
+            self.position.count += 1
+            self.position.step = index + 1
+            self.done += 1
+            self.progress.set(epoch=epoch + 1, loss=self.position.total / self.position.count)
+            self.after_step()
+
+    def after_step(self) -> None:
+        """Save and raise Stopped when a stop was asked for; save when the interval has passed."""
+        import time
+
+        from cactus import distributed
+        from cactus.checkpoint import Stopped
+        from embeddings.checkpointing import save
+
+        if self.state is None or self.session.checkpoint is None:
+            return
+        requested = self.stop.requested or self.done == self.session.stop_after_steps
+        if distributed.any_rank(requested) if self.session.world.distributed else requested:
+            save(self.session, self.position, self.state)
+            raise Stopped(self.stop.signal_name or "SIGTERM", self.session.checkpoint, self.done)
+        if time.monotonic() - self.last_save >= self.session.every_s:
+            save(self.session, self.position, self.state)
+            self.last_save = time.monotonic()
+
+    def close(self) -> None:
+        self.ticks.close()
+
+
+@contextmanager
+def _stop_signals(session, state):
+    """SIGTERM / SIGINT become a flag while a checkpointed fit runs; otherwise a flag never set."""
+    from cactus.checkpoint import StopFlag, catch_stop_signals
+
+    if state is None or session.checkpoint is None:
+        yield StopFlag()
+        return
+    with catch_stop_signals() as flag:
+        yield flag
 
 
 def embed_in_batches(

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from cactus import log
+from cactus.checkpoint import checkpoint_path
 from cactus.errors import CactusError
 from cactus.stages.common import DataRef, StageResult, up_to_date
 from cactus.store import read_artifact, write_artifact
+from embeddings.checkpointing import FitSession, fit_session
 
 STAGE = "embed"
 
@@ -23,11 +25,16 @@ def run_embed(
     options: dict[str, Any] | None = None,
     encoder_file: Path | None = None,
     force: bool = False,
+    resume: bool = False,
+    checkpoint_every_s: float = 300.0,
 ) -> StageResult:
     """Embed all images of ``data``; the encoder learns from the meta-train split only.
 
     Writes /embeddings (N, D) float32, /split (N,) int8 and /encoder/* (the encoder's weights).
     With ``encoder_file`` (an embed artifact) the stored encoder is reused instead of trained.
+    The neural encoders checkpoint to ``OUT.ckpt`` every ``checkpoint_every_s`` seconds and on
+    SIGTERM / SIGINT; ``resume`` continues from that checkpoint. Under torchrun the ranks split
+    each mini-batch (encoders that can do so exactly) and rank 0 alone writes.
     """
     from embeddings import encoder_class
 
@@ -52,7 +59,12 @@ def run_embed(
     reads_rows = hasattr(encoder, "transform_rows")  # `load`: embeddings or a script from a file
     if reads_rows:
         inputs.append(file_digest(Path(encoder.path)))
-    key, skipped = up_to_date(STAGE, out, config, inputs, force)
+    world = _join_world(encoder, encoder_file is not None)
+    key, skipped = up_to_date(STAGE, out, config, inputs, force, lock=world.is_main)
+    if world.distributed:
+        from cactus import distributed
+
+        skipped = distributed.broadcast_flag(skipped)  # rank 0 decides (it holds the lock)
     if skipped:
         return StageResult(STAGE, out, key, True)
     train_images = dataset.images[dataset.indices(0)]
@@ -64,8 +76,12 @@ def run_embed(
         fit_start = time.monotonic()
         if reads_rows:
             encoder.transform_rows(dataset.indices(0), dataset_size=len(dataset))
-        encoder.fit(train_images)
+        session = FitSession(checkpoint_path(out), key, resume, checkpoint_every_s, world)
+        with fit_session(session):
+            encoder.fit(train_images)
         fit_seconds = time.monotonic() - fit_start
+    if not world.is_main:  # rank 0 embeds and writes the artifact
+        return StageResult(STAGE, out, key, False, time.monotonic() - started, {"rank": world.rank})
     embeddings = embed_all(encoder, dataset.images)
     if not np.isfinite(embeddings).all():
         raise CactusError(f"--method {encoder.name}: the encoder produced NaN or infinite embeddings")
@@ -78,9 +94,32 @@ def run_embed(
     if history:
         attrs["history"] = history
     key = write_artifact(out, STAGE, config, inputs, arrays, attrs)
+    checkpoint_path(out).unlink(missing_ok=True)
     summary = {"method": encoder.name, "dim": int(embeddings.shape[1]), "images": int(len(embeddings)),
                "fit_seconds": round(fit_seconds, 2)}
     return StageResult(STAGE, out, key, False, time.monotonic() - started, summary)
+
+
+def _join_world(encoder, reuses_encoder: bool):
+    """One process: World(). Under torchrun / srun: join the process group, if the encoder can split batches.
+
+    An encoder whose multi-process fit could differ from a one-process fit is refused in one line.
+    """
+    from cactus import distributed
+
+    world = distributed.world_from_env()
+    if not world.distributed:
+        return world
+    reason = "it reuses a trained encoder (nothing to train)" if reuses_encoder else encoder.not_data_parallel
+    if reason is not None:
+        raise CactusError(f"--method {encoder.name}: cannot train on {world.size} processes exactly as on one, since "
+                          f"{reason}; run it as a single process (without torchrun / srun)")
+    from cactus.device import resolve_device
+
+    world, _ = distributed.setup(resolve_device(getattr(encoder, "device", "auto")))
+    if not world.is_main:
+        log.set_verbosity(0)
+    return world
 
 
 def embed_all(encoder, images: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -337,7 +337,10 @@ class LearnedRuleEncoder(Encoder):
         from cactus.store import read_artifact
 
         path = Path(self.rule) if self.rule is not None else DEFAULT_RULE
-        params["rule_key"] = read_artifact(path, stage="rule", arrays=False).key if path.is_file() else None
+        artifact = read_artifact(path, stage="rule", arrays=False) if path.is_file() else None
+        params["rule_key"] = artifact.key if artifact is not None else None
+        if params["steps"] is None and artifact is not None:  # record the steps actually run
+            params["steps"] = min(default_steps(artifact), 50) if self.quick else default_steps(artifact)
         return params
 
     def _check(self) -> None:

@@ -188,6 +188,18 @@ def test_encoder_contract(tmp_path, omniglot_small):
         lr.LearnedRuleEncoder(steps=-1, rule=str(tmp_path / "rule.h5")).fit(images)
 
 
+def test_params_record_the_steps_actually_run(tmp_path):
+    """Without --steps the artifact's params name the rule's default, not None (quick caps it at 50)."""
+    _write_rule(tmp_path / "rule.h5")
+    _, artifact = lr.load_rule(str(tmp_path / "rule.h5"))
+    default = lr.default_steps(artifact)
+    assert lr.LearnedRuleEncoder(rule=str(tmp_path / "rule.h5")).get_params()["steps"] == default
+    assert lr.LearnedRuleEncoder(rule=str(tmp_path / "rule.h5"), steps=3).get_params()["steps"] == 3
+    _, shipped = lr.load_rule(None)
+    assert lr.LearnedRuleEncoder().get_params()["steps"] == lr.default_steps(shipped)
+    assert lr.LearnedRuleEncoder(quick=True).get_params()["steps"] == min(lr.default_steps(shipped), 50)
+
+
 def test_encoder_is_registered():
     from embeddings import encoder_class
 

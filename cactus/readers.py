@@ -213,6 +213,10 @@ def read_folder(root: Path, image_size: int | None) -> RawImages:
         for f in sorted(folder.iterdir())
         if f.suffix.lower() in IMAGE_SUFFIXES
     ]
+    inside = root.resolve()
+    for entry in [*classes, *(f for _, f in files)]:
+        if not entry.resolve().is_relative_to(inside):
+            raise CactusError(f"folder:{root}: {entry} is a link to {entry.resolve()}, outside the dataset folder")
     if not files:
         raise CactusError(f"folder:{root}: no images in class subfolders (expected {root}/<class>/<image>)")
     from PIL import Image

@@ -107,6 +107,25 @@ def test_folder_of_class_subfolders_reads_png_and_jpeg(tmp_path):
     assert resized.images.shape == (20, 8, 8, 1)
 
 
+@pytest.mark.parametrize("what", ["image", "class folder"])
+def test_folder_dataset_refuses_links_that_leave_it(tmp_path, what):
+    """A symlink inside the dataset folder must not make cactus read files outside it."""
+    outside, root = tmp_path / "outside", tmp_path / "data"
+    for folder in (outside, root / "a", root / "b"):
+        folder.mkdir(parents=True)
+    pixels = np.zeros((8, 8), dtype=np.uint8)
+    for folder in (outside, root / "a", root / "b"):
+        Image.fromarray(pixels).save(folder / "0.png")
+    inner = root / "a" / "inner.png"
+    inner.symlink_to(root / "b" / "0.png")  # a link that stays inside is fine
+    assert load_dataset(f"folder:{root}").images.shape == (3, 8, 8, 1)
+    if what == "image":
+        (root / "a" / "secret.png").symlink_to(outside / "0.png")
+    else:
+        (root / "c").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CactusError, match="outside the dataset folder"):
+        load_dataset(f"folder:{root}")
+
 def test_npz_and_h5_arrays_with_and_without_labels(tmp_path):
     x = np.random.default_rng(2).random((40, 10, 10, 3))
     y = np.repeat(np.arange(10), 4)

@@ -11,7 +11,17 @@ readout (``cactus.baselines.evaluate_embedding(..., learner="ridge")``: 5-way 1-
 
 Transfer rows: a width and a depth outside the meta-training ranges, a fixed random permutation
 of the pixels (the same permutation for every image), and 28x28 inputs when the rule was
-meta-trained on another size. Writes ``bench/results/learned_rule.json`` and
+meta-trained on another size.
+
+Steps: the rule improves features in its first steps and then slowly degrades them, and how fast
+depends on the base model (a 512-wide MLP peaks after 5-10 steps, a 128-wide one after ~25). So,
+unless ``--steps`` fixes one count for all rows, every row picks its step count from
+``--steps-grid`` on the *validation* characters (100 characters disjoint from both the rule's
+meta-training characters and the test characters; their labels are used for this choice only),
+by mean ridge accuracy over ``--selection-tasks`` tasks of each setting, and is then trained and
+scored on the test characters with it: the usual hyperparameter selection on a validation split.
+
+Writes ``bench/results/learned_rule.json`` and
 ``.md`` beside it, and prints the markdown table.
 """
 
@@ -45,6 +55,21 @@ def ridge_scores(embeddings: np.ndarray, labels: np.ndarray, tasks: int, seed: i
     return out
 
 
+def choose_steps(images, labels, rule, width, depth, grid, tasks, seed) -> tuple[int, dict]:
+    """The step count of ``grid`` whose rule-trained MLP has the best mean ridge accuracy on
+    (validation) images (N, H, W, C) with labels (N,); returns it and {steps: mean accuracy}."""
+    from embeddings.learned_rule import LearnedRuleEncoder
+
+    scores = {}
+    for steps in grid:
+        encoder = LearnedRuleEncoder(width=width, depth=depth, steps=steps, rule=rule, seed=seed).fit(images)
+        result = ridge_scores(encoder.transform(images), labels, tasks, seed)
+        scores[steps] = round(float(np.mean([r["accuracy"] for r in result.values()])), 2)
+    best = max(grid, key=lambda steps: scores[steps])
+    print(f"#   width {width}, depth {depth}: validation mean accuracy by steps {scores} -> {best}", file=sys.stderr)
+    return best, scores
+
+
 def rule_vs_random(images, labels, rule, width, depth, steps, tasks, seed) -> dict:
     """Ridge scores of the rule-trained MLP and of the same MLP untrained (same seed)."""
     from embeddings.learned_rule import LearnedRuleEncoder
@@ -64,7 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=f"omniglot:{DEFAULT_DATA}")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=None, help="Unsupervised steps [the rule's default].")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Unsupervised steps for every row [chosen per row on validation characters].")
+    parser.add_argument("--steps-grid", default="5,10,25,50", help="Step counts the per-row choice tries.")
+    parser.add_argument("--selection-tasks", type=int, default=300, help="Validation tasks per setting.")
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -73,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from cactus.data import TEST, load_dataset
+    from cactus.data import TEST, VAL, load_dataset
     from embeddings.learned_rule import DEFAULT_RULE, default_steps, load_rule
     from embeddings.pca import PCAEncoder
 
@@ -82,20 +110,31 @@ def main(argv: list[str] | None = None) -> dict:
     _, artifact = load_rule(rule_path)
     config = artifact.config
     size = int(artifact.attrs.get("image_shape", [28])[0])
-    steps = args.steps if args.steps is not None else default_steps(artifact)
+    grid = [int(s) for s in args.steps_grid.split(",")]
     ds = load_dataset(args.data, image_size=size)
-    rows = ds.indices(TEST)
+    rows, val_rows = ds.indices(TEST), ds.indices(VAL)
     images, labels = ds.images[rows], ds.true_labels()[rows]
+    val_images, val_labels = ds.images[val_rows], ds.true_labels()[val_rows]
+    selection: dict = {}
+
+    def compare(key: str, test_images, validation_images, width: int, depth: int) -> None:
+        steps = args.steps
+        if steps is None:
+            steps, selection[key] = choose_steps(validation_images, val_labels, rule_path, width, depth, grid,
+                                                 args.selection_tasks, args.seed)
+        rows_out[key] = rule_vs_random(test_images, labels, rule_path, width, depth, steps, args.tasks, args.seed)
     started = time.perf_counter()
 
     results: dict = {"rule": rule_path, "rule_key": artifact.key, "rule_config": config,
                      "data": args.data, "image_size": size, "eval_images": "test split (unlabelled for training)",
                      "n_images": int(len(rows)), "n_classes": int(len(np.unique(labels))), "tasks": args.tasks,
-                     "seed": args.seed, "machine": platform.machine(), "threads": args.threads, "rows": {}}
+                     "seed": args.seed, "machine": platform.machine(), "threads": args.threads, "rows": {},
+                     "rule_default_steps": default_steps(artifact),
+                     "steps": args.steps if args.steps is not None else f"chosen per row on validation from {grid}",
+                     "validation_mean_accuracy_by_steps": selection}
     rows_out = results["rows"]
     print(f"# learned rule on {len(rows)} unseen test images ({size}x{size})", file=sys.stderr)
-    rows_out["in_range"] = rule_vs_random(images, labels, rule_path, args.width, args.depth, steps, args.tasks,
-                                          args.seed)
+    compare("in_range", images, val_images, args.width, args.depth)
     pca = PCAEncoder(dim=64).fit(images)
     results["pca64"] = ridge_scores(pca.transform(images), labels, args.tasks, args.seed)
     results["pixels"] = ridge_scores(images.reshape(len(images), -1).astype(np.float32), labels, args.tasks,
@@ -103,19 +142,19 @@ def main(argv: list[str] | None = None) -> dict:
     wide = 4 * int(config["width_range"][1])
     deep = int(config["depth_range"][1]) + 1
     shallow = int(config["depth_range"][0]) - 1
-    rows_out["wider"] = rule_vs_random(images, labels, rule_path, wide, args.depth, steps, args.tasks, args.seed)
-    rows_out["deeper"] = rule_vs_random(images, labels, rule_path, args.width, deep, steps, args.tasks, args.seed)
+    compare("wider", images, val_images, wide, args.depth)
+    compare("deeper", images, val_images, args.width, deep)
     if shallow >= 1:
-        rows_out["shallower"] = rule_vs_random(images, labels, rule_path, args.width, shallow, steps, args.tasks,
-                                               args.seed)
+        compare("shallower", images, val_images, args.width, shallow)
     permutation = np.random.default_rng(1234).permutation(size * size)
-    flat = images.reshape(len(images), -1)[:, permutation].reshape(images.shape)
-    rows_out["permuted_pixels"] = rule_vs_random(flat, labels, rule_path, args.width, args.depth, steps,
-                                                 args.tasks, args.seed)
+
+    def permute(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1)[:, permutation].reshape(x.shape)
+
+    compare("permuted_pixels", permute(images), permute(val_images), args.width, args.depth)
     if size != 28:
         big = load_dataset(args.data, image_size=28)
-        rows_out["28x28_inputs"] = rule_vs_random(big.images[rows], labels, rule_path, args.width, args.depth,
-                                                  steps, args.tasks, args.seed)
+        compare("28x28_inputs", big.images[rows], big.images[val_rows], args.width, args.depth)
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -292,11 +292,21 @@ def write_table(target: Path) -> None:
                             message = f"**GAP: not one line:** {' / '.join(result.stderr.strip().splitlines()[:2])}"
                     message = message.replace(str(folder) + "/", "").replace("|", "\\|").replace("\n", " ")
                     rows.append(f"| {kind}.h5 | {description} | `cactus {args[0]}` | {message} |")
+    from tests.test_hostile_datasets import DATASET_CASES, embed_outcome
+
+    dataset_rows = ["| dataset | `cactus embed --data` gets |", "|---|---|"]
+    for description, build, _ in DATASET_CASES:
+        with tempfile.TemporaryDirectory() as folder:
+            _, stderr, _ = embed_outcome(Path(folder), build)
+            message = stderr.strip().splitlines()[-1].replace(str(folder) + "/", "").replace(str(folder), ".")
+            message = message.replace("|", "\\|")
+            dataset_rows.append(f"| {description} | {message} |")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("# Bad inputs tried and the error each gets\n\n"
                       "Written by `python -m tests.test_hostile_inputs` (the named cases of "
-                      "tests/test_hostile_inputs.py; the hypothesis test tries random damage on top).\n\n"
-                      + "\n".join(rows) + "\n")
+                      "tests/test_hostile_inputs.py and tests/test_hostile_datasets.py; the hypothesis test "
+                      "tries random damage on top).\n\n## Damaged artifacts\n\n"
+                      + "\n".join(rows) + "\n\n## Bad datasets\n\n" + "\n".join(dataset_rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ file), 5 inner steps at lr 0.05, second order, one Adam step per meta-step, in t
   differentiating through the unrolled inner loop, as learn2learn's ``clone()``/``adapt()``),
   gradients handed to Adam;
 - ``vmap``: ``MAML(batching="vmap")``, the per-task function mapped with ``torch.func.vmap``;
-- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups,
-  every inner loop at once, then the query sets scored one task at a time (``query_chunk=1``);
-- ``folded_onegraph``: the same with ``query_chunk=None`` (one graph for the whole batch);
+- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups;
+- ``folded_q1``: the same with ``query_chunk=1`` (every inner loop at once, then the query sets
+  scored one task at a time: less memory);
 - ``folded_c2``: ``task_chunk=2`` (the meta-batch run 2 tasks at a time, same gradient).
 
 Each (variant, setting) runs in a fresh child process doing only that: one warm-up meta-step,
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 SETTINGS = {"5way1shot15q": (5, 15), "20way1shot5q": (20, 5)}
-VARIANTS = ("loop", "vmap", "folded", "folded_onegraph", "folded_c2")
+VARIANTS = ("loop", "vmap", "folded", "folded_q1", "folded_c2")
 META_BATCH, INNER_STEPS, INNER_LR, FILTERS = 8, 5, 0.05, 32
 
 
@@ -113,7 +113,7 @@ def child(variant: str, setting: str, batches_path: str, steps: int, threads: in
     learner = MAML(1, 28, ways, filters=FILTERS, downsample="stride", inner_steps=INNER_STEPS,
                    inner_lr=INNER_LR, batching="vmap" if variant == "vmap" else "folded", seed=0,
                    task_chunk=2 if variant == "folded_c2" else None,
-                   query_chunk=None if variant == "folded_onegraph" else 1)
+                   query_chunk=1 if variant == "folded_q1" else None)
     if variant == "loop":  # the stock ConvNet (fused batch norm), same initial weights, its own Adam
         net = ConvNet(1, 28, FILTERS, ways, "stride")
         net.load_state_dict(learner.net.state_dict())

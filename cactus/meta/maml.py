@@ -139,15 +139,14 @@ class MAML:
     """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss).
 
     ``batching`` picks how the task batch runs: ``"vmap"`` maps the pure per-task function with
-    ``torch.func.vmap``; ``"folded"`` (default; 1.6x the per-task loop's tasks/s at 5-way 1-shot
-    and 1.3x at 20-way on a 2-core CPU, where ``vmap`` is no faster than the loop: see
-    bench/maml_speed.py) runs the same maths with the task axis folded into the conv channels by
-    hand (:mod:`cactus.meta.maml_folded`). Both equal the per-task loop's meta-gradient.
-    Both keep every task's unrolled inner loop alive at once. The folded path then scores the query
-    sets ``query_chunk`` tasks at a time (:func:`~cactus.meta.maml_folded.folded_meta_backward`;
-    ``None`` keeps the whole batch's query graph too), which saves memory at no cost in speed;
-    ``task_chunk`` runs the meta-batch that many tasks at a time (same gradient, one Adam step),
-    trading speed for memory.
+    ``torch.func.vmap`` (2.2x / 1.7x the per-task loop's tasks/s at 5-way / 20-way 1-shot on a
+    2-core CPU); ``"folded"`` (default; 2.9x / 2.2x: see bench/maml_speed.py) runs the same maths
+    with the task axis folded into the conv channels by hand (:mod:`cactus.meta.maml_folded`).
+    Both equal the per-task loop's meta-gradient, and both keep every task's unrolled graph alive
+    at once. Two knobs trade speed for memory, with the same gradient: ``query_chunk`` (folded
+    only) scores the query sets that many tasks at a time after running every inner loop together
+    (:func:`~cactus.meta.maml_folded.folded_meta_backward`); ``task_chunk`` runs the meta-batch
+    that many tasks at a time (one Adam step).
     """
 
     def __init__(
@@ -168,7 +167,7 @@ class MAML:
         predict_chunk: int = 32,
         batching: str = "folded",
         task_chunk: int | None = None,
-        query_chunk: int | None = 1,
+        query_chunk: int | None = None,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {sorted(BATCHING)}, not {batching!r}")

@@ -103,24 +103,30 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="skip linear / mlp / cluster matching")
     parser.add_argument("--oracle-iterations", type=int, default=0, help="also run the supervised oracle")
     args = parser.parse_args()
-    rows = []
+    rows: list[dict] = []
     for name in [p for p in args.presets.split(",") if p]:
         rows += run_preset(name, args.budget, args.threads, not args.no_baselines)
+        write_results(rows)  # after every preset: an interrupted run keeps what it measured
     if args.oracle_iterations:
         rows.append(run_oracle("protonets", args.oracle_iterations, args.threads))
+    print(write_results(rows))
+
+
+def write_results(rows: list[dict]) -> str:
+    """Write bench/results/omniglot.json and the table between the markers in BENCHMARKS.md; return it."""
     result = {"benchmark": "omniglot_table", "date": time.strftime("%Y-%m-%d"), "settings": SETTINGS,
               "paper": PAPER, "rows": rows, "load_average_at_end": os.getloadavg(),
               "command": "python bench/omniglot_table.py " + " ".join(sys.argv[1:])}
     (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (REPO / "bench" / "results" / "omniglot.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(rows)
-    print(table)
     benchmarks = REPO / "BENCHMARKS.md"
     text = benchmarks.read_text() if benchmarks.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1]
         benchmarks.write_text(text)
+    return table
 
 
 if __name__ == "__main__":

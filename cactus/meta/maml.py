@@ -26,6 +26,7 @@ from cactus.meta.maml_folded import (
     folded_forward,
     folded_meta_backward,
     folded_task_losses,
+    image_columns,
 )
 from cactus.meta.nets import ConvNet
 
@@ -164,7 +165,7 @@ class MAML:
         meta_lr: float = 1e-3,
         device: torch.device | str = "cpu",
         seed: int = 0,
-        predict_chunk: int = 32,
+        predict_chunk: int | None = None,
         batching: str = "folded",
         task_chunk: int | None = None,
         query_chunk: int | None = None,
@@ -224,7 +225,9 @@ class MAML:
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         """Adapt ``test_inner_steps`` on each support set; labels (B, N*Q) int64 for the queries.
 
-        Tasks are processed ``predict_chunk`` at a time to bound memory.
+        Tasks are processed ``predict_chunk`` at a time to bound memory; by default as many as make
+        about 800 support images (at most 32 tasks), which was fastest on a 2-core CPU (20-way 5-shot:
+        8 tasks at a time ran 1.6x faster than 32).
         """
         self._check(support_y)
         params = {n: p.detach() for n, p in self._params().items()}
@@ -238,10 +241,11 @@ class MAML:
 
         def folded(sx, sy, qx):
             fast = {n: w.expand(sx.shape[0], *w.shape) for n, w in params.items()}
+            columns = image_columns(self.net, sx)
             for _ in range(self.test_inner_steps):  # first order: no graph is kept between steps
                 fast = {n: w.detach().requires_grad_() for n, w in fast.items()}
                 with torch.enable_grad():
-                    losses, _ = folded_task_losses(self.net, fast, sx, sy)
+                    losses, _ = folded_task_losses(self.net, fast, sx, sy, columns)
                     grads = torch.autograd.grad(losses.sum(), list(fast.values()))
                 fast = {
                     n: w - (lrs[n] if isinstance(lrs, dict) else lrs) * g
@@ -251,8 +255,9 @@ class MAML:
 
         out = []
         with torch.no_grad():  # torch.func.grad still differentiates the inner loop
-            for start in range(0, support_x.shape[0], self.predict_chunk):
-                chunk = slice(start, start + self.predict_chunk)
+            step = self.predict_chunk or max(1, min(32, 800 // support_x.shape[1]))
+            for start in range(0, support_x.shape[0], step):
+                chunk = slice(start, start + step)
                 sx, sy, qx = (t[chunk].to(self.device) for t in (support_x, support_y, query_x))
                 out.append(vmap(one_task)(sx, sy, qx) if self.batching == "vmap" else folded(sx, sy, qx))
         return torch.cat(out).to(torch.int64)

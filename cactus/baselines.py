@@ -47,13 +47,23 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def predict_linear(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Logistic regression (scikit-learn, C = 1) fitted per task. Shapes (T, S, D), (S,), (T, Q, D) -> (T, Q)."""
+    """Logistic regression (scikit-learn, C = 1, at most 200 L-BFGS iterations) fitted per task.
+
+    Shapes (T, S, D), (S,), (T, Q, D) -> (T, Q). On unnormalised embeddings L-BFGS may stop at the
+    iteration cap; that is part of the baseline's definition, so scikit-learn's warning is silenced
+    (it would print thousands of times, once per task).
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     predictions = np.empty(query.shape[:2], dtype=np.int64)
-    for t in range(len(support)):
-        model = LogisticRegression(C=1.0, max_iter=200).fit(support[t], support_labels)
-        predictions[t] = model.predict(query[t])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for t in range(len(support)):
+            model = LogisticRegression(C=1.0, max_iter=200).fit(support[t], support_labels)
+            predictions[t] = model.predict(query[t])
     return predictions
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from cactus import __version__
 from cactus.errors import CactusError
 
 FORMAT = "cactus-artifact"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 REQUIRED_ATTRS = ("format", "stage", "config", "key", "inputs", "version", "created")
 COMPRESS_ABOVE_BYTES = 1 << 16
 
@@ -142,6 +144,12 @@ def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = Tru
         raise CactusError(f"{path}: corrupt or unreadable artifact ({reason})") from None
     if not isinstance(artifact.config, dict) or not all(isinstance(k, str) for k in artifact.inputs):
         raise CactusError(f"{path}: corrupt artifact (config or inputs attribute malformed)")
+    if not all(SHA256_HEX.fullmatch(k) for k in [artifact.key, *artifact.inputs]):
+        raise CactusError(f"{path}: corrupt artifact (key or input keys are not sha256 hex digests)")
+    for name in ("stage", "version", "created"):
+        text = getattr(artifact, name)
+        if not text.isprintable():  # a scribbled byte decodes to a lone surrogate, which is not
+            raise CactusError(f"{path}: corrupt artifact ({name} attribute is not printable text)")
     if stage is not None and artifact.stage != stage:
         raise CactusError(f"{path}: is a '{artifact.stage}' artifact, expected a '{stage}' artifact")
     if arrays:

@@ -258,6 +258,22 @@ def test_named_bad_input_gets_a_clean_error(pipeline, kind, description, mutate)
     assert any(r != "ok" for r in results), f"{description}: accepted by every command"
 
 
+def test_a_scribbled_key_byte_is_a_clean_error(pipeline, tmp_path):
+    """Found by the random-damage test: one bad byte inside the key string (h5py then decodes a lone
+    surrogate, which printing it would crash on)."""
+    import h5py
+
+    path = tmp_path / "tasks.h5"
+    shutil.copy(pipeline["tasks"], path)
+    with h5py.File(path, "r") as source:
+        key = source.attrs["key"]
+    data = bytearray(path.read_bytes())
+    data[data.find(key.encode()) + 10] = 0xFF
+    path.write_bytes(bytes(data))
+    for args in commands("tasks", path, pipeline, tmp_path):
+        assert "sha256" in outcome(run(args), path)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(kind=st.sampled_from(list(ARRAYS)), mutation=mutation_strategy)

@@ -16,14 +16,16 @@ from cactus.errors import CactusError
 from cactus.stages.common import up_to_date
 from cactus.store import cached_key, compute_key, read_artifact, write_artifact
 
+INPUT_KEY = compute_key("embed", {"source": "test"}, [])  # input keys are sha256 hex digests
+
 
 def test_round_trip_keeps_arrays_attributes_and_groups(tmp_path):
     arrays = {"embeddings": np.random.default_rng(0).random((300, 64), dtype=np.float32),
               "weights/conv.weight": np.arange(12, dtype=np.float64).reshape(3, 4)}
-    key = write_artifact(tmp_path / "a.h5", "embed", {"b": 1, "a": [1, 2]}, ["in1"], arrays, {"curve": [1.5, 2.5]})
+    key = write_artifact(tmp_path / "a.h5", "embed", {"b": 1, "a": [1, 2]}, [INPUT_KEY], arrays, {"curve": [1.5, 2.5]})
     artifact = read_artifact(tmp_path / "a.h5", stage="embed")
-    assert artifact.key == key == compute_key("embed", {"a": [1, 2], "b": 1}, ["in1"])
-    assert artifact.config == {"a": [1, 2], "b": 1} and artifact.inputs == ["in1"]
+    assert artifact.key == key == compute_key("embed", {"a": [1, 2], "b": 1}, [INPUT_KEY])
+    assert artifact.config == {"a": [1, 2], "b": 1} and artifact.inputs == [INPUT_KEY]
     assert artifact.attrs["curve"] == [1.5, 2.5]
     assert np.array_equal(artifact.array("embeddings"), arrays["embeddings"])
     assert np.array_equal(artifact.group("weights")["conv.weight"], arrays["weights/conv.weight"])
@@ -43,14 +45,14 @@ def test_key_is_stable_and_changes_with_config_or_inputs():
 
 def test_cache_skips_when_up_to_date_recomputes_on_change_and_on_force(tmp_path, capsys):
     out = tmp_path / "p.h5"
-    key, skipped = up_to_date("cluster", out, {"k": 5}, ["in"], force=False)
+    key, skipped = up_to_date("cluster", out, {"k": 5}, [INPUT_KEY], force=False)
     assert not skipped
-    write_artifact(out, "cluster", {"k": 5}, ["in"], {"labels": np.zeros((1, 3), np.int32)})
-    assert up_to_date("cluster", out, {"k": 5}, ["in"], force=False) == (key, True)
+    write_artifact(out, "cluster", {"k": 5}, [INPUT_KEY], {"labels": np.zeros((1, 3), np.int32)})
+    assert up_to_date("cluster", out, {"k": 5}, [INPUT_KEY], force=False) == (key, True)
     assert "up to date" in capsys.readouterr().err
-    assert not up_to_date("cluster", out, {"k": 6}, ["in"], force=False)[1]
+    assert not up_to_date("cluster", out, {"k": 6}, [INPUT_KEY], force=False)[1]
     assert not up_to_date("cluster", out, {"k": 5}, ["changed"], force=False)[1]
-    assert not up_to_date("cluster", out, {"k": 5}, ["in"], force=True)[1]
+    assert not up_to_date("cluster", out, {"k": 5}, [INPUT_KEY], force=True)[1]
 
 
 def test_corrupt_and_foreign_files_are_reported_by_path(tmp_path, capsys):

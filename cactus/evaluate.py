@@ -141,6 +141,8 @@ def _partition_centroids(artifact, embeddings_path: Path | None) -> tuple[np.nda
     check_rows(artifact.path, rows, len(embeddings))
     kept = labels >= 0
     clusters = np.unique(labels[kept])
+    if len(clusters) == 0:
+        raise CactusError(f"{artifact.path}: partition 0 keeps no cluster (every row is marked dropped)")
     centroids = np.stack([embeddings[rows[labels == c]].mean(axis=0) for c in clusters])
     return embeddings, centroids
 

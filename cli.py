@@ -294,11 +294,15 @@ LEARNER_KEYS = ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_s
 @with_options(device_options)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out.")
 @click.option("--checkpoint-every", type=float, default=300.0, show_default=True, help="Seconds between checkpoints.")
+@click.option("--task-chunk", type=click.IntRange(min=1), default=None,
+              help="MAML: run the meta-batch this many tasks at a time (same gradient, less memory, slower).")
+@click.option("--query-chunk", type=click.IntRange(min=1), default=None,
+              help="MAML: score the query sets this many tasks at a time (same gradient, less memory).")
 @force_option
 @json_option
 def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_size, split, split_seed, ways, shots,
-         queries, num_tasks, validation, validate_every, seed, device, threads, resume, checkpoint_every, force,
-         as_json, **learner_options):
+         queries, num_tasks, validation, validate_every, seed, device, threads, resume, checkpoint_every, task_chunk,
+         query_chunk, force, as_json, **learner_options):
     """Meta-train ProtoNets or MAML on pseudo-tasks (or on true labels: the supervised oracle).
 
     Under `torchrun --nproc-per-node N` (or `srun` with N tasks) the N processes split each
@@ -318,7 +322,8 @@ def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_
 
     try:
         result = run_meta(out, tasks_file, algo, options, iterations, meta_batch, seed, device, threads, validation,
-                          100, validate_every, resume, checkpoint_every, force, oracle)
+                          100, validate_every, resume, checkpoint_every, force, oracle,
+                          {"task_chunk": task_chunk, "query_chunk": query_chunk})
     finally:
         distributed.teardown()  # under torchrun / srun; a no-op otherwise
     if result.summary.get("rank"):  # ranks > 0 of a distributed run: rank 0 reports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,39 @@ def test_weights_and_state_round_trip(learn_inner_lr):
     assert after_resumed["loss"] == pytest.approx(after_trained["loss"], rel=1e-6)
     for k, v in resumed.weights().items():
         np.testing.assert_allclose(v, trained.weights()[k], rtol=1e-6, atol=1e-7)
+
+
+def test_memory_chunks_from_the_cli_keep_the_key_and_the_weights(tmp_path):
+    """`cactus meta --task-chunk/--query-chunk`: same meta-gradient, so same key and (to float) weights."""
+    from click.testing import CliRunner
+
+    from cactus.stages.cluster import run_cluster
+    from cactus.stages.common import DataRef
+    from cactus.stages.embed import run_embed
+    from cactus.stages.tasks import run_tasks
+    from cactus.store import read_artifact
+    from cli import main
+
+    run_embed(tmp_path / "e.h5", DataRef("digits"), "pca", {"dim": 16})
+    run_cluster(tmp_path / "p.h5", tmp_path / "e.h5", clusters=30, partitions=2)
+    run_tasks(tmp_path / "t.h5", tmp_path / "p.h5", num_tasks=100)
+    common = [str(tmp_path / "t.h5"), "--algo", "maml", "--iterations", "2", "--filters", "4", "--meta-batch", "4",
+              "--inner-steps", "2", "--validation", "none", "--threads", "1", "--device", "cpu"]
+    runner = CliRunner()
+    plain = runner.invoke(main, ["meta", *common, "-o", str(tmp_path / "a.h5")])
+    chunked = runner.invoke(main, ["meta", *common, "-o", str(tmp_path / "b.h5"), "--task-chunk", "2",
+                                   "--query-chunk", "1"])
+    assert plain.exit_code == 0 and chunked.exit_code == 0, plain.output + chunked.output
+    a, b = read_artifact(tmp_path / "a.h5"), read_artifact(tmp_path / "b.h5")
+    assert a.key == b.key
+    np.testing.assert_allclose(b.arrays["curve/loss"], a.arrays["curve/loss"], rtol=1e-5)
+    # A conv bias feeding batch norm has a true gradient of 0: Adam turns its float noise into full
+    # steps, so it is the one weight that may differ by ~meta_lr per step; every other weight must agree.
+    conv_bias = re.compile(r"weights/features\.\d+\.0\.bias")
+    compared = [n for n in a.arrays if n.startswith("weights/") and not conv_bias.fullmatch(n)]
+    assert len(compared) >= 10
+    for name in compared:
+        np.testing.assert_allclose(b.arrays[name], a.arrays[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    refused = runner.invoke(main, ["meta", str(tmp_path / "t.h5"), "-o", str(tmp_path / "c.h5"), "--iterations", "1",
+                                   "--task-chunk", "2", "--validation", "none", "--device", "cpu"])
+    assert refused.exit_code == 1 and "only MAML" in refused.stderr and not (tmp_path / "c.h5").exists()

@@ -36,11 +36,14 @@ def run_meta(
     checkpoint_every_s: float = 300.0,
     force: bool = False,
     oracle: dict[str, Any] | None = None,
+    chunks: dict[str, int] | None = None,
 ) -> StageResult:
     """Meta-train and write /weights/*, /curve/* and /validation/*.
 
     ``oracle`` (supervised, true labels): {"data": DataRef, "ways", "shots", "queries", "num_tasks"}
-    replaces ``tasks_file`` with true-label tasks of the meta-train classes.
+    replaces ``tasks_file`` with true-label tasks of the meta-train classes. ``chunks`` (MAML only:
+    ``task_chunk`` / ``query_chunk``) trades speed for memory with the same meta-gradient, so it is
+    not part of the artifact's key.
     """
     from cactus import distributed
     from cactus.device import resolve_device
@@ -105,7 +108,7 @@ def run_meta(
     if skipped:
         return StageResult(STAGE, out, key, True)
 
-    learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed, encoder_state)
+    learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed, encoder_state, chunks)
     batches = TaskBatches(dataset.images, tasks, torch_device)
     train_ids = np.arange(len(tasks))
     validate = None

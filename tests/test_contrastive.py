@@ -1,26 +1,9 @@
 """Contrastive learning learns on real Omniglot: the NT-Xent loss falls and kNN beats chance."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
-
-
-def omniglot_subset(train_images: int, test_classes: int):
-    """(train images (n, 28, 28, 1) uint8, test images, test labels) from the real split."""
-    from cactus.data import load_dataset
-
-    if not OMNIGLOT.exists():
-        pytest.skip(f"no Omniglot at {OMNIGLOT}")
-    ds = load_dataset(f"omniglot:{OMNIGLOT}", image_size=28)
-    rng = np.random.default_rng(0)
-    train = ds.images[rng.choice(ds.indices(0), train_images, replace=False)]
-    test_rows = ds.indices(2)
-    labels = ds.true_labels()[test_rows]
-    keep = np.isin(labels, rng.choice(np.unique(labels), test_classes, replace=False))
-    return train, ds.images[test_rows[keep]], labels[keep]
+from tests.conftest import omniglot_subset
 
 
 def test_nt_xent_is_low_for_matching_views_and_high_for_random_ones():

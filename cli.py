@@ -198,14 +198,17 @@ def _shard(_ctx, _param, value):
 @click.option("--min-cluster-size", type=int, default=2, show_default=True,
               help="Clusters with fewer members are dropped.")
 @click.option("--min-clusters", type=int, default=None, help="Redraw a partition with fewer surviving clusters.")
-@click.option("--iterations", type=int, default=20, show_default=True, help="k-means iterations.")
+@click.option("--iterations", type=int, default=None, help="k-means iterations [8 relaxed, 20 faiss].")
+@click.option("--engine", type=click.Choice(["relaxed", "faiss"]), default="relaxed", show_default=True,
+              help="k-means solver: over-relaxed Lloyd (cactus.kmeans) or faiss's Lloyd.")
+@click.option("--threads", type=int, default=None, help="Partitions clustered at once [every available CPU].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shard", default=None, callback=_shard, metavar="I/N",
               help="Compute only partitions p with p % N == I (a batch array task); join with `cluster merge`.")
 @force_option
 @json_option
-def cluster(embeddings, out, clusters, partitions, min_cluster_size, min_clusters, iterations, seed, shard, force,
-            as_json):
+def cluster(embeddings, out, clusters, partitions, min_cluster_size, min_clusters, iterations, engine, threads, seed,
+            shard, force, as_json):
     """Build P k-means partitions of the meta-train embeddings.
 
     `cactus cluster merge SHARD... -o OUT` joins the artifacts of `--shard 0/N` ... `--shard N-1/N`
@@ -214,7 +217,7 @@ def cluster(embeddings, out, clusters, partitions, min_cluster_size, min_cluster
     from cactus.stages.cluster import run_cluster
 
     result = run_cluster(out, embeddings, clusters, partitions, seed, min_cluster_size, min_clusters, iterations,
-                         force, shard)
+                         force, shard, engine, threads)
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")
 
 
@@ -298,11 +301,14 @@ LEARNER_KEYS = ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_s
               help="MAML: run the meta-batch this many tasks at a time (same gradient, less memory, slower).")
 @click.option("--query-chunk", type=click.IntRange(min=1), default=None,
               help="MAML: score the query sets this many tasks at a time (same gradient, less memory).")
+@click.option("--recompute", is_flag=True,
+              help="MAML, second order: keep one inner step's graph at a time, rebuilding each in the backward "
+                   "pass (same gradient, less memory, slower).")
 @force_option
 @json_option
 def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_size, split, split_seed, ways, shots,
          queries, num_tasks, validation, validate_every, seed, device, threads, resume, checkpoint_every, task_chunk,
-         query_chunk, force, as_json, **learner_options):
+         query_chunk, recompute, force, as_json, **learner_options):
     """Meta-train ProtoNets or MAML on pseudo-tasks (or on true labels: the supervised oracle).
 
     Under `torchrun --nproc-per-node N` (or `srun` with N tasks) the N processes split each
@@ -323,7 +329,7 @@ def meta(tasks_file, out, algo, iterations, meta_batch, tasks_from, data, image_
     try:
         result = run_meta(out, tasks_file, algo, options, iterations, meta_batch, seed, device, threads, validation,
                           100, validate_every, resume, checkpoint_every, force, oracle,
-                          {"task_chunk": task_chunk, "query_chunk": query_chunk})
+                          {"task_chunk": task_chunk, "query_chunk": query_chunk, "recompute": recompute or None})
     finally:
         distributed.teardown()  # under torchrun / srun; a no-op otherwise
     if result.summary.get("rank"):  # ranks > 0 of a distributed run: rank 0 reports

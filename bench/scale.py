@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--partitions", type=int, default=10)
     parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=None, help="k-means iterations [cactus cluster's default]")
+    parser.add_argument("--engine", default="relaxed", choices=["relaxed", "faiss"])
     parser.add_argument("--threads", type=int, default=1, help="OMP threads of the clustering child")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cactus_scale"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
@@ -77,7 +78,9 @@ def main() -> None:
     out = args.work / "partitions.h5"
     out.unlink(missing_ok=True)
     command = [sys.executable, str(REPO / "cli.py"), "cluster", str(embed), "-o", str(out), "-k", str(args.clusters),
-               "-p", str(args.partitions), "--iterations", str(args.iterations), "--json"]
+               "-p", str(args.partitions), "--engine", args.engine, "--json"]
+    if args.iterations:
+        command[-1:-1] = ["--iterations", str(args.iterations)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     started = time.monotonic()
     child = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -88,7 +91,8 @@ def main() -> None:
     summary = json.loads(child.stdout)
     result = {
         "rows": args.rows, "dim": args.dim, "partitions": args.partitions, "clusters": args.clusters,
-        "iterations": args.iterations, "threads": args.threads, "meta_train_rows": summary["rows"],
+        "iterations": args.iterations or "default", "engine": args.engine, "threads": args.threads,
+        "meta_train_rows": summary["rows"],
         "seconds": round(seconds, 1), "seconds_per_partition": round(seconds / args.partitions, 1),
         "peak_rss_mib": round(peak_kib / 1024, 1), "embeddings_file_mib": round(embed.stat().st_size / 2**20, 1),
         "kept_percent": summary["kept_percent"], "load_average_1min": os.getloadavg()[0],

@@ -1,4 +1,4 @@
-"""k-means partitions of an embedding, as CACTUs builds them (faiss inside).
+"""k-means partitions of an embedding, as CACTUs builds them.
 
 Partition 0 clusters the raw embedding; partition p > 0 clusters the embedding with each
 dimension scaled by a fresh U(0, 1) weight, so the P partitions differ in what they emphasise.
@@ -18,43 +18,57 @@ DROPPED = -1
 MAX_REDRAWS = 10
 
 
+ENGINES = ("relaxed", "faiss")
+DEFAULT_ITERATIONS = {"relaxed": 8, "faiss": 20}
+
+
 @dataclass
 class KMeans:
-    """faiss k-means with a scikit-learn-style interface.
+    """k-means with a scikit-learn-style interface: ``engine="relaxed"`` (over-relaxed Lloyd,
+    :mod:`cactus.kmeans`, the default) or ``"faiss"`` (faiss's Lloyd, random init, one run).
 
     After ``fit(x)`` with x (N, D) float32: ``labels_`` (N,) int64, ``cluster_centers_`` (k, D),
     ``inertia_`` (sum of squared distances to the nearest centre).
     """
 
     n_clusters: int
-    n_iter: int = 20
-    n_init: int = 1
+    n_iter: int | None = None  # None: DEFAULT_ITERATIONS[engine]
     random_state: int = 0
+    engine: str = "relaxed"
 
     def fit(self, x: np.ndarray) -> KMeans:
-        import faiss
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) < self.n_clusters:
             raise CactusError(f"--clusters {self.n_clusters}: more clusters than the {len(x)} points to cluster")
+        if self.engine not in ENGINES:
+            raise CactusError(f"--engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        n_iter = self.n_iter if self.n_iter is not None else DEFAULT_ITERATIONS[self.engine]
+        if n_iter < 1:
+            raise CactusError(f"--iterations {n_iter}: must be at least 1")
+        if self.engine == "relaxed":
+            from cactus.kmeans import Lloyd
+
+            solver = Lloyd(self.n_clusters, n_iter, random_state=self.random_state).fit(x)
+            self.labels_, self.cluster_centers_ = solver.labels_, solver.cluster_centers_
+            self.inertia_, self._predict = solver.inertia_, solver.predict
+            return self
+        import faiss
+
         kmeans = faiss.Kmeans(
-            x.shape[1], self.n_clusters, niter=self.n_iter, nredo=self.n_init,
-            seed=int(self.random_state) % (2**31 - 1), verbose=False,
+            x.shape[1], self.n_clusters, niter=n_iter, seed=int(self.random_state) % (2**31 - 1), verbose=False,
             max_points_per_centroid=max(256, -(-len(x) // self.n_clusters)), min_points_per_centroid=1,
         )
         kmeans.train(x)
-        self.index_ = kmeans.index
         distances, labels = kmeans.index.search(x, 1)
         self.cluster_centers_ = kmeans.centroids
         self.labels_ = labels[:, 0].astype(np.int64)
         self.inertia_ = float(distances.sum())
+        self._predict = lambda rows: kmeans.index.search(rows, 1)[1][:, 0].astype(np.int64)
         return self
 
-
-def predict(kmeans: KMeans, x: np.ndarray) -> np.ndarray:
-    """Nearest centre (N,) int64 of each row of x (N, D) for a fitted KMeans."""
-    _, labels = kmeans.index_.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return labels[:, 0].astype(np.int64)
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Nearest centre (N,) int64 of each row of x (N, D) for a fitted KMeans."""
+        return self._predict(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def partition_scales(seed: int, partition: int, dim: int) -> np.ndarray:
@@ -64,6 +78,32 @@ def partition_scales(seed: int, partition: int, dim: int) -> np.ndarray:
     return np.random.default_rng([seed, partition]).random(dim).astype(np.float32)
 
 
+def _draws(seed: int, partition: int, dim: int):
+    """The (k-means seed, scales (dim,) float32) of each successive draw of one partition."""
+    for attempt in range(MAX_REDRAWS):
+        draw_seed = int(np.random.default_rng([seed, partition, attempt]).integers(2**31 - 1))
+        scales = partition_scales(seed + attempt * 7919, partition, dim)
+        if partition == 0 and attempt > 0:
+            scales = partition_scales(seed + attempt * 7919, 1 + attempt, dim)
+        yield draw_seed, scales
+
+
+def _kept(labels: np.ndarray, n_clusters: int, min_cluster_size: int, min_clusters: int) -> np.ndarray | None:
+    """Labels (N,) int32 with clusters under ``min_cluster_size`` set to DROPPED, or None when fewer
+    than ``min_clusters`` survive."""
+    kept = np.bincount(labels, minlength=n_clusters) >= min_cluster_size
+    if kept.sum() < min_clusters:
+        return None
+    return np.where(kept[labels], labels, DROPPED).astype(np.int32)
+
+
+def _hopeless(partition: int, n_clusters: int, min_cluster_size: int, min_clusters: int) -> CactusError:
+    return CactusError(
+        f"--clusters {n_clusters}: after {MAX_REDRAWS} draws partition {partition} still has fewer than "
+        f"{min_clusters} clusters of at least {min_cluster_size} members; use fewer clusters"
+    )
+
+
 def one_partition(
     embeddings: np.ndarray,
     partition: int,
@@ -71,27 +111,30 @@ def one_partition(
     seed: int,
     min_cluster_size: int,
     min_clusters: int,
-    n_iter: int = 20,
+    n_iter: int | None = None,
+    engine: str = "relaxed",
 ) -> tuple[np.ndarray, int]:
     """Cluster once; clusters smaller than ``min_cluster_size`` become DROPPED (-1).
 
     A partition with fewer than ``min_clusters`` surviving clusters is redrawn with new scales
     and a new k-means seed. Returns labels (N,) int32 and the number of draws it took.
     """
-    for attempt in range(MAX_REDRAWS):
-        draw_seed = int(np.random.default_rng([seed, partition, attempt]).integers(2**31 - 1))
-        scales = partition_scales(seed + attempt * 7919, partition, embeddings.shape[1])
-        if partition == 0 and attempt > 0:
-            scales = partition_scales(seed + attempt * 7919, 1 + attempt, embeddings.shape[1])
-        labels = KMeans(n_clusters, n_iter=n_iter, random_state=draw_seed).fit(embeddings * scales).labels_
-        sizes = np.bincount(labels, minlength=n_clusters)
-        kept = sizes >= min_cluster_size
-        if kept.sum() >= min_clusters:
-            return np.where(kept[labels], labels, DROPPED).astype(np.int32), attempt + 1
-    raise CactusError(
-        f"--clusters {n_clusters}: after {MAX_REDRAWS} draws partition {partition} still has fewer than "
-        f"{min_clusters} clusters of at least {min_cluster_size} members; use fewer clusters"
-    )
+    for attempt, (draw_seed, scales) in enumerate(_draws(seed, partition, embeddings.shape[1])):
+        kmeans = KMeans(n_clusters, n_iter=n_iter, random_state=draw_seed, engine=engine)
+        labels = _kept(kmeans.fit(embeddings * scales).labels_, n_clusters, min_cluster_size, min_clusters)
+        if labels is not None:
+            return labels, attempt + 1
+    raise _hopeless(partition, n_clusters, min_cluster_size, min_clusters)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a batch scheduler's allocation, not the whole node)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def partitions(
@@ -101,18 +144,37 @@ def partitions(
     seed: int = 0,
     min_cluster_size: int = 2,
     min_clusters: int = 2,
-    n_iter: int = 20,
+    n_iter: int | None = None,
     progress=None,
+    engine: str = "relaxed",
+    threads: int | None = None,
 ) -> np.ndarray:
-    """Labels (len(which), N) int32 of the requested partitions of ``embeddings`` (N, D) float32."""
+    """Labels (len(which), N) int32 of the requested partitions of ``embeddings`` (N, D) float32.
+
+    The relaxed engine clusters ``threads`` partitions at a time (default: every available CPU),
+    each on one BLAS thread; the labels do not depend on the thread count. faiss runs the
+    partitions one after another on its own OpenMP threads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if not np.isfinite(embeddings).all():
         raise CactusError("embeddings contain NaN or infinite values; cannot cluster them")
-    rows = []
-    for p in progress(which) if progress else which:
-        labels, _ = one_partition(embeddings, p, n_clusters, seed, min_cluster_size, min_clusters, n_iter)
-        rows.append(labels)
-    return np.stack(rows)
+    threads = threads or available_cpus()
+    workers = 1 if engine == "faiss" else max(1, min(threads, len(which)))
+    if engine == "faiss":
+        import faiss
+
+        faiss.omp_set_num_threads(threads)  # its bundled OpenMP runtime is not one threadpoolctl limits
+
+    def labels_of(p: int) -> np.ndarray:
+        return one_partition(embeddings, p, n_clusters, seed, min_cluster_size, min_clusters, n_iter, engine)[0]
+
+    with threadpool_limits(max(1, threads // workers)), ThreadPoolExecutor(workers) as pool:
+        results = pool.map(labels_of, which)
+        return np.stack(list(progress(results) if progress else results))
 
 
 def one_partition_streamed(
@@ -123,26 +185,18 @@ def one_partition_streamed(
     seed: int,
     min_cluster_size: int,
     min_clusters: int,
-    n_iter: int = 20,
+    n_iter: int | None = None,
+    engine: str = "relaxed",
 ) -> tuple[np.ndarray, int]:
     """:func:`one_partition` for data larger than memory: k-means fitted on ``sample`` (S, D) float32,
     then every point labelled chunk by chunk; ``chunks()`` yields the (n_i, D) float32 blocks in order.
 
     Same scales, seeds and redraw rule as :func:`one_partition`; labels (N,) int32.
     """
-    dim = sample.shape[1]
-    for attempt in range(MAX_REDRAWS):
-        draw_seed = int(np.random.default_rng([seed, partition, attempt]).integers(2**31 - 1))
-        scales = partition_scales(seed + attempt * 7919, partition, dim)
-        if partition == 0 and attempt > 0:
-            scales = partition_scales(seed + attempt * 7919, 1 + attempt, dim)
-        kmeans = KMeans(n_clusters, n_iter=n_iter, random_state=draw_seed).fit(sample * scales)
-        labels = np.concatenate([predict(kmeans, block * scales) for block in chunks()])
-        sizes = np.bincount(labels, minlength=n_clusters)
-        kept = sizes >= min_cluster_size
-        if kept.sum() >= min_clusters:
-            return np.where(kept[labels], labels, DROPPED).astype(np.int32), attempt + 1
-    raise CactusError(
-        f"--clusters {n_clusters}: after {MAX_REDRAWS} draws partition {partition} still has fewer than "
-        f"{min_clusters} clusters of at least {min_cluster_size} members; use fewer clusters"
-    )
+    for attempt, (draw_seed, scales) in enumerate(_draws(seed, partition, sample.shape[1])):
+        kmeans = KMeans(n_clusters, n_iter=n_iter, random_state=draw_seed, engine=engine).fit(sample * scales)
+        full = np.concatenate([kmeans.predict(block * scales) for block in chunks()])
+        labels = _kept(full, n_clusters, min_cluster_size, min_clusters)
+        if labels is not None:
+            return labels, attempt + 1
+    raise _hopeless(partition, n_clusters, min_cluster_size, min_clusters)

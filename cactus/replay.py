@@ -74,8 +74,9 @@ def replay_stage(artifact: Artifact, out: Path, previous: Path | None, device: s
     if artifact.stage == "cluster":
         from cactus.stages.cluster import run_cluster
 
-        return run_cluster(out, previous, **_matching(run_cluster, config, ("out", "embed_file", "force")),
-                           force=force)
+        options = _matching(run_cluster, config, ("out", "embed_file", "force"))
+        options.setdefault("engine", "faiss")  # artifacts from before the relaxed engine were faiss's
+        return run_cluster(out, previous, **options, force=force)
     if artifact.stage == "tasks":
         from cactus.stages.tasks import run_tasks
 

@@ -47,11 +47,12 @@ def test_small_clusters_are_dropped_and_hopeless_partitions_refused(omniglot_pca
         one_partition(x, 0, 200, 0, min_cluster_size=25, min_clusters=190)
 
 
-def test_kmeans_inertia_is_close_to_scikit_learn(omniglot_pca):
+@pytest.mark.parametrize("engine", ["relaxed", "faiss"])
+def test_kmeans_inertia_is_close_to_scikit_learn(omniglot_pca, engine):
     from sklearn.cluster import KMeans as SkKMeans
 
     _, x = omniglot_pca
-    ours = KMeans(50, random_state=0).fit(x).inertia_
+    ours = KMeans(50, random_state=0, engine=engine).fit(x).inertia_
     theirs = SkKMeans(50, n_init=1, random_state=0).fit(x).inertia_
     assert abs(ours / theirs - 1) < 0.03
 

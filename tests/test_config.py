@@ -26,7 +26,7 @@ def test_precedence_default_file_environment_command_line(tmp_path):
     base = ("--config", str(config), "config", "show", "cluster", "E.h5", "--json")
     env = {"CACTUS_CLUSTER_PARTITIONS": "11", "CACTUS_CLUSTER_CLUSTERS": "13"}
     shown = show(*base, "--clusters", "17", env=env)["cluster"]
-    assert shown["iterations"] == {"value": 20, "source": "default"}
+    assert shown["engine"] == {"value": "relaxed", "source": "default"}
     assert shown["min-cluster-size"] == {"value": 4, "source": f"file {config}"}
     assert shown["partitions"] == {"value": 11, "source": "environment CACTUS_CLUSTER_PARTITIONS"}  # env > file
     assert shown["clusters"] == {"value": 17, "source": "command line"}  # command line > env > file

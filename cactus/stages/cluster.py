@@ -125,16 +125,21 @@ def run_cluster(
     seed: int = 0,
     min_cluster_size: int = 2,
     min_clusters: int | None = None,
-    iterations: int = 20,
+    iterations: int | None = None,
     force: bool = False,
     shard: tuple[int, int] | None = None,
+    engine: str = "relaxed",
+    threads: int | None = None,
 ) -> StageResult:
     """Write /labels (P, M) int32 (-1 = dropped small cluster) and /rows (M,) dataset indices.
 
     With ``shard`` = (I, N) only the partitions p with p % N == I are computed, into a
     ``cluster-shard`` artifact (/labels (P_I, M), /partitions (P_I,)); :func:`merge_shards`
-    joins the N shards into the artifact an unsharded run writes.
+    joins the N shards into the artifact an unsharded run writes. ``iterations`` None is the
+    engine's default (:data:`cactus.cluster.DEFAULT_ITERATIONS`); ``threads`` (default: every
+    available CPU) changes only the speed, never the labels, so it is not part of the key.
     """
+    from cactus.cluster import DEFAULT_ITERATIONS, ENGINES
     from cactus.cluster import partitions as make_partitions
 
     started = time.monotonic()
@@ -149,9 +154,16 @@ def run_cluster(
         raise CactusError(f"--partitions {partitions}: must be at least 1")
     if k < 2:
         raise CactusError(f"--clusters {k}: must be at least 2")
+    if engine not in ENGINES:
+        raise CactusError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    iterations = DEFAULT_ITERATIONS[engine] if iterations is None else iterations
+    if iterations < 1:
+        raise CactusError(f"--iterations {iterations}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise CactusError(f"--threads {threads}: must be at least 1")
     min_clusters = min_clusters if min_clusters is not None else max(2, k // 10)
     config = {"clusters": k, "partitions": partitions, "seed": seed, "min_cluster_size": min_cluster_size,
-              "min_clusters": min_clusters, "iterations": iterations}
+              "min_clusters": min_clusters, "iterations": iterations, "engine": engine}
     sample_size = None
     if streamed is not None and len(rows) > k * POINTS_PER_CENTROID:
         sample_size = k * POINTS_PER_CENTROID  # k-means fitted on a sample, every row then labelled
@@ -174,14 +186,15 @@ def run_cluster(
     if streamed is None:
         labels = make_partitions(
             train, which, k, seed, min_cluster_size, min_clusters, iterations,
-            progress=lambda it: Progress(it, len(which), "cluster"),
+            progress=lambda it: Progress(it, len(which), "cluster"), engine=engine, threads=threads,
         )
     else:
         from cactus.cluster import one_partition_streamed
 
         sample = streamed.sample(sample_size, seed) if sample_size else np.concatenate(list(streamed.chunks()))
         labels = np.stack([
-            one_partition_streamed(sample, streamed.chunks, p, k, seed, min_cluster_size, min_clusters, iterations)[0]
+            one_partition_streamed(sample, streamed.chunks, p, k, seed, min_cluster_size, min_clusters, iterations,
+                                   engine)[0]
             for p in Progress(which, len(which), "cluster")
         ])
     attrs = {key_: embedded.attrs[key_] for key_ in ("data", "data_fingerprint") if key_ in embedded.attrs}

@@ -70,13 +70,15 @@ def test_batched_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr,
         torch.testing.assert_close(got[name], expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
 
 
-@pytest.mark.parametrize("query_chunk", [1, 2])
+@pytest.mark.parametrize("query_chunk, recompute", [(1, False), (2, False), (3, True), (1, True)],
+                         ids=["q1", "q2", "recompute", "recompute-q1"])
 @pytest.mark.parametrize(
     "first_order, learn_inner_lr", [(False, False), (True, False), (False, True)],
     ids=["second-order", "first-order", "meta-sgd"],
 )
-def test_query_chunked_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, query_chunk):
-    """The two-phase folded path (inner loops together, query sets a few tasks at a time)."""
+def test_query_chunked_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, query_chunk, recompute):
+    """The two-phase folded path (inner loops together, query sets a few tasks at a time), and the
+    recomputing one (one inner step's graph at a time)."""
     learner = _float64_learner(first_order, learn_inner_lr)
     batch = _random_batch()
     lrs = learner.inner_lrs
@@ -84,7 +86,7 @@ def test_query_chunked_meta_gradient_equals_per_task_loop(first_order, learn_inn
     if isinstance(lrs, dict):
         leaves.update({f"inner_lr/{n}": t for n, t in lrs.items()})
     losses, logits = folded_meta_backward(learner.net, dict(learner.net.named_parameters()), lrs, 3,
-                                          first_order, *batch, 1 / TASKS, query_chunk)
+                                          first_order, *batch, 1 / TASKS, query_chunk, recompute)
 
     reference_net = ConvNet(1, SIZE, 4, WAYS, "stride").double()
     reference_net.load_state_dict(learner.net.state_dict())
@@ -169,9 +171,10 @@ def test_predict_rejects_more_classes_than_the_head():
 def test_task_and_query_chunks_give_the_same_step():
     batch = _random_batch()
     results = []
-    for task_chunk, query_chunk in ((None, None), (2, None), (None, 1), (2, 1)):
+    for task_chunk, query_chunk, recompute in (
+            (None, None, False), (2, None, False), (None, 1, False), (2, 1, False), (None, None, True), (2, 1, True)):
         learner = _float64_learner(False, False)
-        learner.task_chunk, learner.query_chunk = task_chunk, query_chunk
+        learner.task_chunk, learner.query_chunk, learner.recompute = task_chunk, query_chunk, recompute
         results.append((learner.meta_step(*batch), learner.weights()))
     for stats, weights in results[1:]:
         assert stats["loss"] == pytest.approx(results[0][0]["loss"], rel=1e-12)
@@ -205,7 +208,8 @@ def test_weights_and_state_round_trip(learn_inner_lr):
 
 
 def test_memory_chunks_from_the_cli_keep_the_key_and_the_weights(tmp_path):
-    """`cactus meta --task-chunk/--query-chunk`: same meta-gradient, so same key and (to float) weights."""
+    """`cactus meta --task-chunk/--query-chunk/--recompute`: same meta-gradient, so same key and (to float)
+    weights."""
     from click.testing import CliRunner
 
     from cactus.stages.cluster import run_cluster
@@ -224,17 +228,20 @@ def test_memory_chunks_from_the_cli_keep_the_key_and_the_weights(tmp_path):
     plain = runner.invoke(main, ["meta", *common, "-o", str(tmp_path / "a.h5")])
     chunked = runner.invoke(main, ["meta", *common, "-o", str(tmp_path / "b.h5"), "--task-chunk", "2",
                                    "--query-chunk", "1"])
-    assert plain.exit_code == 0 and chunked.exit_code == 0, plain.output + chunked.output
-    a, b = read_artifact(tmp_path / "a.h5"), read_artifact(tmp_path / "b.h5")
-    assert a.key == b.key
-    np.testing.assert_allclose(b.arrays["curve/loss"], a.arrays["curve/loss"], rtol=1e-5)
-    # A conv bias feeding batch norm has a true gradient of 0: Adam turns its float noise into full
-    # steps, so it is the one weight that may differ by ~meta_lr per step; every other weight must agree.
-    conv_bias = re.compile(r"weights/features\.\d+\.0\.bias")
-    compared = [n for n in a.arrays if n.startswith("weights/") and not conv_bias.fullmatch(n)]
-    assert len(compared) >= 10
-    for name in compared:
-        np.testing.assert_allclose(b.arrays[name], a.arrays[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    recomputed = runner.invoke(main, ["meta", *common, "-o", str(tmp_path / "r.h5"), "--recompute"])
+    assert plain.exit_code == chunked.exit_code == recomputed.exit_code == 0, plain.output + chunked.output
+    a = read_artifact(tmp_path / "a.h5")
+    for other in ("b.h5", "r.h5"):
+        b = read_artifact(tmp_path / other)
+        assert a.key == b.key
+        np.testing.assert_allclose(b.arrays["curve/loss"], a.arrays["curve/loss"], rtol=1e-5)
+        # A conv bias feeding batch norm has a true gradient of 0: Adam turns its float noise into full
+        # steps, so it is the one weight that may differ by ~meta_lr per step; every other weight must agree.
+        conv_bias = re.compile(r"weights/features\.\d+\.0\.bias")
+        compared = [n for n in a.arrays if n.startswith("weights/") and not conv_bias.fullmatch(n)]
+        assert len(compared) >= 10
+        for name in compared:
+            np.testing.assert_allclose(b.arrays[name], a.arrays[name], rtol=1e-4, atol=1e-6, err_msg=name)
     refused = runner.invoke(main, ["meta", str(tmp_path / "t.h5"), "-o", str(tmp_path / "c.h5"), "--iterations", "1",
                                    "--task-chunk", "2", "--validation", "none", "--device", "cpu"])
     assert refused.exit_code == 1 and "only MAML" in refused.stderr and not (tmp_path / "c.h5").exists()

@@ -147,7 +147,8 @@ class MAML:
     at once. Two knobs trade speed for memory, with the same gradient: ``query_chunk`` (folded
     only) scores the query sets that many tasks at a time after running every inner loop together
     (:func:`~cactus.meta.maml_folded.folded_meta_backward`); ``task_chunk`` runs the meta-batch
-    that many tasks at a time (one Adam step).
+    that many tasks at a time (one Adam step); ``recompute`` (folded, second order) keeps one inner
+    step's graph at a time and rebuilds each in the backward pass.
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class MAML:
         batching: str = "folded",
         task_chunk: int | None = None,
         query_chunk: int | None = None,
+        recompute: bool = False,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {sorted(BATCHING)}, not {batching!r}")
@@ -182,6 +184,7 @@ class MAML:
         self.predict_chunk = predict_chunk
         self.task_chunk = task_chunk
         self.query_chunk = query_chunk
+        self.recompute = recompute
         self.device = torch.device(device)
         self.net = vmap_safe(ConvNet(in_channels, image_size, filters, ways, downsample)).to(self.device)
         self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
@@ -212,8 +215,9 @@ class MAML:
         for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
             part = [t[start : start + chunk] for t in tensors]
             how = (self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *part)
-            if self.batching == "folded" and self.query_chunk:
-                losses, logits = folded_meta_backward(*how, 1 / batch, self.query_chunk)
+            if self.batching == "folded" and (self.query_chunk or self.recompute):
+                losses, logits = folded_meta_backward(*how, 1 / batch, self.query_chunk or len(part[0]),
+                                                      self.recompute)
             else:
                 losses, logits = BATCHING[self.batching](*how)
                 (losses.sum() / batch).backward()

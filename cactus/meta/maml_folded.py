@@ -108,13 +108,21 @@ def folded_adapt(
     fast = {n: w.expand(batch, *w.shape) for n, w in params.items()}
     columns = image_columns(net, support_x)
     for _ in range(steps):
-        losses, _ = folded_task_losses(net, fast, support_x, support_y, columns)
-        grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=not first_order)
-        fast = {
-            n: w - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * g
-            for (n, w), g in zip(fast.items(), grads, strict=True)
-        }
+        fast = inner_step(net, fast, inner_lrs, support_x, support_y, columns, create_graph=not first_order)
     return fast
+
+
+def inner_step(
+    net: nn.Module, fast: Params, inner_lrs: float | Params, support_x: torch.Tensor, support_y: torch.Tensor,
+    columns: Columns, create_graph: bool,
+) -> Params:
+    """One inner SGD step of every task: per-task params (B, *shape) -> (B, *shape)."""
+    losses, _ = folded_task_losses(net, fast, support_x, support_y, columns)
+    grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=create_graph)
+    return {
+        n: w - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * g
+        for (n, w), g in zip(fast.items(), grads, strict=True)
+    }
 
 
 def folded_batch_query_loss(
@@ -145,6 +153,7 @@ def folded_meta_backward(
     query_y: torch.Tensor,
     scale: float,
     query_chunk: int,
+    recompute: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate ``scale * d(sum of query losses)/d(params, inner_lrs)`` into ``.grad``; return losses, logits.
 
@@ -153,10 +162,26 @@ def folded_meta_backward(
     its unrolled graph is too), then the query sets, which hold most of the activations, are scored
     ``query_chunk`` tasks at a time, each chunk's graph freed once it has given the gradient with
     respect to its adapted weights; one backward pass carries those gradients through the inner loop.
+    ``recompute`` (second order only) keeps one inner step's graph at a time instead of all of them
+    (:func:`_recomputing_meta_backward`).
     """
+    if recompute and not first_order:
+        return _recomputing_meta_backward(net, params, inner_lrs, steps, support_x, support_y, query_x, query_y,
+                                          scale, query_chunk)
     adapted = folded_adapt(net, params, inner_lrs, support_x, support_y, steps, first_order)
+    losses, logits, query_grads = _query_gradients(net, adapted, query_x, query_y, scale, query_chunk)
     names = list(adapted)
-    batch = support_x.shape[0]
+    torch.autograd.backward([adapted[n] for n in names], [query_grads[n] for n in names])
+    return losses, logits
+
+
+def _query_gradients(
+    net: nn.Module, adapted: Params, query_x: torch.Tensor, query_y: torch.Tensor, scale: float, query_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, Params]:
+    """Query losses (B,), logits (B, N*Q, N) and ``scale * d(sum of losses)/d(adapted)`` (name -> (B, *shape)),
+    scored ``query_chunk`` tasks at a time, each chunk's graph freed before the next."""
+    names = list(adapted)
+    batch = query_x.shape[0]
     chunk_grads: list[tuple[torch.Tensor, ...]] = []
     losses, logits = [], []
     for start in range(0, batch, query_chunk):
@@ -166,7 +191,57 @@ def folded_meta_backward(
         chunk_grads.append(torch.autograd.grad(chunk_losses.sum() * scale, [leaves[n] for n in names]))
         losses.append(chunk_losses.detach())
         logits.append(chunk_logits.detach())
-    torch.autograd.backward(
-        [adapted[n] for n in names], [torch.cat([g[i] for g in chunk_grads]) for i in range(len(names))]
-    )
-    return torch.cat(losses), torch.cat(logits)
+    grads = {n: torch.cat([g[i] for g in chunk_grads]) for i, n in enumerate(names)}
+    return torch.cat(losses), torch.cat(logits), grads
+
+
+def _recomputing_meta_backward(
+    net: nn.Module,
+    params: Params,
+    inner_lrs: float | Params,
+    steps: int,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    scale: float,
+    query_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`folded_meta_backward` (second order) holding one inner step's graph at a time.
+
+    The inner loop first runs without a graph, keeping only each step's weights (B, *shape); the
+    query gradient g_K at the adapted weights is then carried back one step at a time, each step's
+    graph rebuilt from its stored weights and differentiated once (g_k = g_{k+1} (I - lr H_k), plus
+    the learnt learning rates' share) and freed. The same meta-gradient as the unrolled graph, for
+    the price of running the inner loop's forward and backward twice.
+    """
+    batch = support_x.shape[0]
+    columns = image_columns(net, support_x)
+    detached_lrs = {n: t.detach() for n, t in inner_lrs.items()} if isinstance(inner_lrs, dict) else inner_lrs
+    fast = {n: w.detach().expand(batch, *w.shape) for n, w in params.items()}
+    trajectory = [fast]
+    for _ in range(steps):
+        leaves = {n: w.detach().requires_grad_() for n, w in fast.items()}
+        with torch.enable_grad():
+            fast = inner_step(net, leaves, detached_lrs, support_x, support_y, columns, create_graph=False)
+        fast = {n: w.detach() for n, w in fast.items()}
+        trajectory.append(fast)
+    losses, logits, grads = _query_gradients(net, trajectory[-1], query_x, query_y, scale, query_chunk)
+    names = list(params)
+    learnt_lrs = list(inner_lrs.values()) if isinstance(inner_lrs, dict) else []
+    for k in reversed(range(1, steps)):
+        start = {n: trajectory[k][n].requires_grad_() for n in names}
+        stepped = inner_step(net, start, inner_lrs, support_x, support_y, columns, create_graph=True)
+        torch.autograd.backward([stepped[n] for n in names], [grads[n] for n in names],
+                                inputs=[start[n] for n in names] + learnt_lrs)
+        grads = {n: start[n].grad for n in names}
+        del stepped, start
+        trajectory[k] = None  # type: ignore[call-overload]  # this step's weights are no longer needed
+    if steps:
+        start = {n: w.expand(batch, *w.shape) for n, w in params.items()}  # step 0 starts at the meta-params
+        stepped = inner_step(net, start, inner_lrs, support_x, support_y, columns, create_graph=True)
+        torch.autograd.backward([stepped[n] for n in names], [grads[n] for n in names])
+    else:
+        for n, w in params.items():
+            w.backward(grads[n].sum(0))
+    return losses, logits

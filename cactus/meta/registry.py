@@ -38,17 +38,17 @@ def learner_config(algo: str, ways: int, options: dict[str, Any]) -> dict[str, A
 def build_learner(
     config: dict[str, Any], image_shape: tuple[int, int, int], device, seed: int,
     encoder_state: dict[str, Any] | None = None,
-    chunks: dict[str, int] | None = None,
+    chunks: dict[str, int | bool] | None = None,
 ):
     """A fresh learner for images of shape (H, W, C).
 
     A config with an ``encoder`` (ProtoNets started from a trained encoder) needs that encoder's
     weights in ``encoder_state``: the embed artifact's /encoder group, or the learner's /weights.
-    ``chunks``: MAML's ``task_chunk`` / ``query_chunk`` (memory knobs, same meta-gradient).
+    ``chunks``: MAML's ``task_chunk`` / ``query_chunk`` / ``recompute`` (memory knobs, same meta-gradient).
     """
     chunks = {k: v for k, v in (chunks or {}).items() if v is not None}
     if chunks and config["algo"] != "maml":
-        raise CactusError(f"--{next(iter(chunks)).replace('_', '-')}: only MAML runs its task batch in chunks")
+        raise CactusError(f"--{next(iter(chunks)).replace('_', '-')}: only MAML has this memory knob")
     height, width, channels = image_shape
     if "encoder" in config:
         from cactus.meta.protonets import ProtoNets

@@ -36,13 +36,13 @@ def run_meta(
     checkpoint_every_s: float = 300.0,
     force: bool = False,
     oracle: dict[str, Any] | None = None,
-    chunks: dict[str, int] | None = None,
+    chunks: dict[str, int | bool] | None = None,
 ) -> StageResult:
     """Meta-train and write /weights/*, /curve/* and /validation/*.
 
     ``oracle`` (supervised, true labels): {"data": DataRef, "ways", "shots", "queries", "num_tasks"}
     replaces ``tasks_file`` with true-label tasks of the meta-train classes. ``chunks`` (MAML only:
-    ``task_chunk`` / ``query_chunk``) trades speed for memory with the same meta-gradient, so it is
+    ``task_chunk`` / ``query_chunk`` / ``recompute``) trades speed for memory with the same meta-gradient, so it is
     not part of the artifact's key.
     """
     from cactus import distributed

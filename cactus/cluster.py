@@ -137,6 +137,14 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+PARALLEL_COPIES_BYTES = 4 << 30  # each partition in flight holds its own rescaled copy of the embeddings
+
+
+def parallel_partitions(threads: int, partitions: int, embedding_bytes: int) -> int:
+    """How many partitions to cluster at once: one per thread, while their copies fit in 4 GiB."""
+    return max(1, min(threads, partitions, PARALLEL_COPIES_BYTES // max(1, 2 * embedding_bytes)))
+
+
 def partitions(
     embeddings: np.ndarray,
     which: list[int] | range,
@@ -151,8 +159,9 @@ def partitions(
 ) -> np.ndarray:
     """Labels (len(which), N) int32 of the requested partitions of ``embeddings`` (N, D) float32.
 
-    The relaxed engine clusters ``threads`` partitions at a time (default: every available CPU),
-    each on one BLAS thread; the labels do not depend on the thread count. faiss runs the
+    The relaxed engine clusters ``threads`` partitions at a time (default: every available CPU; fewer
+    when their copies of the embeddings would pass 4 GiB, the spare threads then going to BLAS);
+    the labels do not depend on the thread count. faiss runs the
     partitions one after another on its own OpenMP threads.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -163,7 +172,7 @@ def partitions(
     if not np.isfinite(embeddings).all():
         raise CactusError("embeddings contain NaN or infinite values; cannot cluster them")
     threads = threads or available_cpus()
-    workers = 1 if engine == "faiss" else max(1, min(threads, len(which)))
+    workers = 1 if engine == "faiss" else parallel_partitions(threads, len(which), embeddings.nbytes)
     if engine == "faiss":
         import faiss
 

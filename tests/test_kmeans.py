@@ -94,3 +94,12 @@ def test_cactus_cluster_records_its_engine_and_refuses_bad_options(tmp_path):
         bad = tmp_path / "bad.h5"
         refused = runner.invoke(main, ["cluster", str(tmp_path / "e.h5"), "-o", str(bad), option, value])
         assert refused.exit_code == 1 and option in refused.stderr and not bad.exists()
+
+
+def test_parallel_partitions_stay_within_memory():
+    from cactus.cluster import parallel_partitions
+
+    assert parallel_partitions(threads=16, partitions=100, embedding_bytes=22_000 * 64 * 4) == 16
+    assert parallel_partitions(threads=16, partitions=3, embedding_bytes=1 << 20) == 3
+    assert parallel_partitions(threads=16, partitions=100, embedding_bytes=1 << 30) == 2  # 2 x 2 x 1 GiB
+    assert parallel_partitions(threads=16, partitions=100, embedding_bytes=3 << 30) == 1

@@ -66,8 +66,10 @@ def test_nearest_centres_handles_a_partial_last_block():
 
 def test_the_thread_count_changes_speed_not_labels(embedding):
     one = partitions(embedding, range(4), 40, seed=5, threads=1)
-    two = partitions(embedding, range(4), 40, seed=5, threads=2)
+    two = partitions(embedding, range(4), 40, seed=5, threads=2)  # two partitions at a time
     assert np.array_equal(one, two)
+    alone = partitions(embedding, [2], 40, seed=5, threads=2)  # one partition on two BLAS threads
+    assert np.array_equal(alone[0], one[2])
 
 
 def test_cactus_cluster_records_its_engine_and_refuses_bad_options(tmp_path):

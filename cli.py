@@ -201,7 +201,8 @@ def _shard(_ctx, _param, value):
 @click.option("--iterations", type=int, default=None, help="k-means iterations [8 relaxed, 20 faiss].")
 @click.option("--engine", type=click.Choice(["relaxed", "faiss"]), default="relaxed", show_default=True,
               help="k-means solver: over-relaxed Lloyd (cactus.kmeans) or faiss's Lloyd.")
-@click.option("--threads", type=int, default=None, help="Partitions clustered at once [every available CPU].")
+@click.option("--threads", type=int, default=None,
+              help="Partitions clustered at once [OMP_NUM_THREADS, else every available CPU].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shard", default=None, callback=_shard, metavar="I/N",
               help="Compute only partitions p with p % N == I (a batch array task); join with `cluster merge`.")

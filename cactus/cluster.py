@@ -137,6 +137,14 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when the user set it to a positive number, else :func:`available_cpus`."""
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else available_cpus()
+
+
 PARALLEL_COPIES_BYTES = 4 << 30  # each partition in flight holds its own rescaled copy of the embeddings
 
 
@@ -159,7 +167,8 @@ def partitions(
 ) -> np.ndarray:
     """Labels (len(which), N) int32 of the requested partitions of ``embeddings`` (N, D) float32.
 
-    The relaxed engine clusters ``threads`` partitions at a time (default: every available CPU; fewer
+    The relaxed engine clusters ``threads`` partitions at a time (default: ``OMP_NUM_THREADS`` if set,
+    else every available CPU; fewer
     when their copies of the embeddings would pass 4 GiB, the spare threads then going to BLAS);
     the labels do not depend on the thread count. faiss runs the
     partitions one after another on its own OpenMP threads.
@@ -171,7 +180,7 @@ def partitions(
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if not np.isfinite(embeddings).all():
         raise CactusError("embeddings contain NaN or infinite values; cannot cluster them")
-    threads = threads or available_cpus()
+    threads = threads or default_threads()
     workers = 1 if engine == "faiss" else parallel_partitions(threads, len(which), embeddings.nbytes)
     if engine == "faiss":
         import faiss

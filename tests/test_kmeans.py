@@ -105,3 +105,13 @@ def test_parallel_partitions_stay_within_memory():
     assert parallel_partitions(threads=16, partitions=3, embedding_bytes=1 << 20) == 3
     assert parallel_partitions(threads=16, partitions=100, embedding_bytes=1 << 30) == 2  # 2 x 2 x 1 GiB
     assert parallel_partitions(threads=16, partitions=100, embedding_bytes=3 << 30) == 1
+
+
+def test_the_default_thread_count_follows_omp_num_threads(monkeypatch):
+    from cactus.cluster import available_cpus, default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    for unset in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert default_threads() == available_cpus()

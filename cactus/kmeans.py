@@ -122,7 +122,9 @@ class Lloyd:
         means = sums / np.maximum(sizes, 1)[:, None]
         empty = np.flatnonzero(sizes == 0)
         if len(empty):
-            difference = x - centres[labels]
-            farthest = np.argsort(np.einsum("nd,nd->n", difference, difference))[::-1][: len(empty)]
-            means[empty] = x[farthest]
+            distances = np.empty(len(x), dtype=np.float32)
+            for start in range(0, len(x), 65536):  # in chunks: no (N, D) temporary for large N
+                difference = x[start : start + 65536] - centres[labels[start : start + 65536]]
+                distances[start : start + len(difference)] = np.einsum("nd,nd->n", difference, difference)
+            means[empty] = x[np.argsort(distances)[::-1][: len(empty)]]
         return means

@@ -22,6 +22,16 @@ ENGINES = ("relaxed", "faiss")
 DEFAULT_ITERATIONS = {"relaxed": 8, "faiss": 20}
 
 
+def resolved_iterations(engine: str, n_iter: int | None) -> int:
+    """The iteration count ``engine`` runs for ``n_iter`` (None: its default), both checked."""
+    if engine not in ENGINES:
+        raise CactusError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    n_iter = DEFAULT_ITERATIONS[engine] if n_iter is None else n_iter
+    if n_iter < 1:
+        raise CactusError(f"--iterations {n_iter}: must be at least 1")
+    return n_iter
+
+
 @dataclass
 class KMeans:
     """k-means with a scikit-learn-style interface: ``engine="relaxed"`` (over-relaxed Lloyd,
@@ -40,11 +50,7 @@ class KMeans:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) < self.n_clusters:
             raise CactusError(f"--clusters {self.n_clusters}: more clusters than the {len(x)} points to cluster")
-        if self.engine not in ENGINES:
-            raise CactusError(f"--engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
-        n_iter = self.n_iter if self.n_iter is not None else DEFAULT_ITERATIONS[self.engine]
-        if n_iter < 1:
-            raise CactusError(f"--iterations {n_iter}: must be at least 1")
+        n_iter = resolved_iterations(self.engine, self.n_iter)
         if self.engine == "relaxed":
             from cactus.kmeans import Lloyd
 
@@ -167,10 +173,9 @@ def partitions(
 ) -> np.ndarray:
     """Labels (len(which), N) int32 of the requested partitions of ``embeddings`` (N, D) float32.
 
-    The relaxed engine clusters ``threads`` partitions at a time (default: ``OMP_NUM_THREADS`` if set,
-    else every available CPU; fewer
-    when their copies of the embeddings would pass 4 GiB, the spare threads then going to BLAS);
-    the labels do not depend on the thread count. faiss runs the
+    The relaxed engine clusters ``threads`` partitions at a time (default: ``OMP_NUM_THREADS`` if
+    set, else every available CPU; fewer when their copies of the embeddings would pass 4 GiB, the
+    spare threads then going to BLAS); the labels do not depend on the thread count. faiss runs the
     partitions one after another on its own OpenMP threads.
     """
     from concurrent.futures import ThreadPoolExecutor

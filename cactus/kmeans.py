@@ -23,6 +23,7 @@ import numpy as np
 
 BLOCK_ROWS = 1024  # rows per GEMM block: the (BLOCK_ROWS, k) distances stay in L2 for k ~ 500
 DEFAULT_RELAXATION = 0.8
+DISTANCE_CHUNK_ROWS = 65536  # rows per chunk when re-seeding empty clusters: no (N, D) temporary
 
 
 def nearest_centres(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ class Lloyd:
             labels = nearest_centres(x, centres)
             sums, sizes = cluster_sums(x, labels, k)
             inertia = sum_of_squares(norms_total, sums, sizes, centres)
-            if inertia > previous_inertia and previous_means is not None:
+            if inertia > previous_inertia:  # never on the first iteration: previous_inertia is inf
                 centres = previous_means  # the extrapolation overshot: take the plain Lloyd step instead
                 labels = nearest_centres(x, centres)
                 sums, sizes = cluster_sums(x, labels, k)
@@ -123,8 +124,9 @@ class Lloyd:
         empty = np.flatnonzero(sizes == 0)
         if len(empty):
             distances = np.empty(len(x), dtype=np.float32)
-            for start in range(0, len(x), 65536):  # in chunks: no (N, D) temporary for large N
-                difference = x[start : start + 65536] - centres[labels[start : start + 65536]]
+            for start in range(0, len(x), DISTANCE_CHUNK_ROWS):
+                rows = slice(start, start + DISTANCE_CHUNK_ROWS)
+                difference = x[rows] - centres[labels[rows]]
                 distances[start : start + len(difference)] = np.einsum("nd,nd->n", difference, difference)
             means[empty] = x[np.argsort(distances)[::-1][: len(empty)]]
         return means

@@ -136,11 +136,12 @@ def run_cluster(
     With ``shard`` = (I, N) only the partitions p with p % N == I are computed, into a
     ``cluster-shard`` artifact (/labels (P_I, M), /partitions (P_I,)); :func:`merge_shards`
     joins the N shards into the artifact an unsharded run writes. ``iterations`` None is the
-    engine's default (:data:`cactus.cluster.DEFAULT_ITERATIONS`); ``threads`` (default: every
-    available CPU) changes only the speed, never the labels, so it is not part of the key.
+    engine's default (:data:`cactus.cluster.DEFAULT_ITERATIONS`); ``threads`` (default:
+    ``OMP_NUM_THREADS``, else every available CPU) changes only the speed, never the labels, so it
+    is not part of the key.
     """
-    from cactus.cluster import DEFAULT_ITERATIONS, ENGINES
     from cactus.cluster import partitions as make_partitions
+    from cactus.cluster import resolved_iterations
 
     started = time.monotonic()
     streamed = None
@@ -154,11 +155,7 @@ def run_cluster(
         raise CactusError(f"--partitions {partitions}: must be at least 1")
     if k < 2:
         raise CactusError(f"--clusters {k}: must be at least 2")
-    if engine not in ENGINES:
-        raise CactusError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    iterations = DEFAULT_ITERATIONS[engine] if iterations is None else iterations
-    if iterations < 1:
-        raise CactusError(f"--iterations {iterations}: must be at least 1")
+    iterations = resolved_iterations(engine, iterations)
     if threads is not None and threads < 1:
         raise CactusError(f"--threads {threads}: must be at least 1")
     min_clusters = min_clusters if min_clusters is not None else max(2, k // 10)

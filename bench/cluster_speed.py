@@ -44,15 +44,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cluster_speed.json")
     args = parser.parse_args()
 
-    import faiss
     from sklearn.cluster import KMeans as SkKMeans
     from threadpoolctl import threadpool_limits
 
-    from cactus.cluster import KMeans, available_cpus, partition_scales, partitions
+    from cactus.cluster import KMeans, available_cpus, import_faiss, partition_scales, partitions
     from cactus.data import load_dataset
     from embeddings.pca import PCAEncoder
 
     threads = args.threads or available_cpus()
+    faiss = import_faiss()
     faiss.omp_set_num_threads(threads)
     dataset = load_dataset(f"omniglot:{OMNIGLOT}")
     train = dataset.images[dataset.indices(0)]

@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed meta-steps per child process")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of: " + ", ".join(VARIANTS) + " (loop is always run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "maml_speed.json")
     parser.add_argument("--child", nargs=5, metavar=("VARIANT", "SETTING", "BATCHES", "STEPS", "THREADS"))
     args = parser.parse_args()
@@ -166,16 +168,20 @@ def main() -> None:
 
     import torch
 
+    chosen = ("loop",) + tuple(v for v in args.variants.split(",") if v and v != "loop")
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     started = time.time()
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         batches = str(Path(tmp) / "batches.pt")
         source = make_batches(Path(batches), args.steps + 1)
-        runs: dict[str, dict[str, list[dict]]] = {s: {v: [] for v in VARIANTS} for s in SETTINGS}
+        runs: dict[str, dict[str, list[dict]]] = {s: {v: [] for v in chosen} for s in SETTINGS}
         for repeat in range(args.repeats):
             for setting in SETTINGS:
-                shift = repeat % len(VARIANTS)
-                order = VARIANTS[shift:] + VARIANTS[:shift]  # rotate who goes first
+                shift = repeat % len(chosen)
+                order = chosen[shift:] + chosen[:shift]  # rotate who goes first
                 for variant in order:
                     result = run_child(variant, setting, batches, args.steps, args.threads)
                     runs[setting][variant].append(result)
@@ -199,7 +205,7 @@ def main() -> None:
                 ),
             }
         loop = rows["loop"]
-        for variant in VARIANTS[1:]:
+        for variant in chosen[1:]:
             rows[variant]["speedup_vs_loop"] = rows[variant]["tasks_per_s_median"] / loop["tasks_per_s_median"]
             rows[variant]["peak_rss_ratio_vs_loop"] = rows[variant]["peak_rss_mb_median"] / loop["peak_rss_mb_median"]
         summary[setting] = {"variants": rows, "first_step_query_loss": first_losses, "loss_spread": spread}
@@ -212,6 +218,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default: spin briefly, then sleep)"),
         "load_average_start_end": [load_start, os.getloadavg()],
         "setup": {
             "net": f"conv4, {FILTERS} filters, stride, 28x28x1, N-way head", "meta_batch": META_BATCH,

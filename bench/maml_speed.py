@@ -11,12 +11,14 @@ file), 5 inner steps at lr 0.05, second order, one Adam step per meta-step, in t
   differentiating through the unrolled inner loop, as learn2learn's ``clone()``/``adapt()``),
   gradients handed to Adam;
 - ``vmap``: ``MAML(batching="vmap")``, the per-task function mapped with ``torch.func.vmap``;
-- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups;
+- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups,
+  every inner loop at once, then the query sets scored 2 tasks at a time (the CPU default);
+- ``folded_qall``: the same with all 8 query sets at once (``query_chunk=8``, the default on a GPU);
 - ``folded_q1``: the same with ``query_chunk=1`` (every inner loop at once, then the query sets
   scored one task at a time: less memory);
 - ``folded_c2``: ``task_chunk=2`` (the meta-batch run 2 tasks at a time, same gradient);
 - ``folded_rc``: ``recompute=True`` (the inner loop run first without its graph, keeping each
-  step's weights; the backward pass rebuilds one step's graph at a time), ``folded_rc_q1`` with
+  step's weights; the backward pass rebuilds one step's graph at a time; query sets 2 at a time), ``folded_rc_q1`` with
   ``query_chunk=1`` as well.
 
 Each (variant, setting) runs in a fresh child process doing only that: one warm-up meta-step,
@@ -46,8 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 SETTINGS = {"5way1shot15q": (5, 15), "20way1shot5q": (20, 5)}
-VARIANTS = ("loop", "vmap", "folded", "folded_q1", "folded_c2", "folded_rc", "folded_rc_q1")
 META_BATCH, INNER_STEPS, INNER_LR, FILTERS = 8, 5, 0.05, 32
+VARIANTS = ("loop", "vmap", "folded", "folded_qall", "folded_q1", "folded_c2", "folded_rc", "folded_rc_q1")
+QUERY_CHUNK = {"folded_qall": META_BATCH, "folded_q1": 1, "folded_rc_q1": 1}
 
 
 def make_batches(path: Path, n_batches: int) -> str:
@@ -116,7 +119,7 @@ def child(variant: str, setting: str, batches_path: str, steps: int, threads: in
     learner = MAML(1, 28, ways, filters=FILTERS, downsample="stride", inner_steps=INNER_STEPS,
                    inner_lr=INNER_LR, batching="vmap" if variant == "vmap" else "folded", seed=0,
                    task_chunk=2 if variant == "folded_c2" else None,
-                   query_chunk=1 if variant in ("folded_q1", "folded_rc_q1") else None,
+                   query_chunk=QUERY_CHUNK.get(variant),
                    recompute=variant.startswith("folded_rc"))
     if variant == "loop":  # the stock ConvNet (fused batch norm), same initial weights, its own Adam
         net = ConvNet(1, 28, FILTERS, ways, "stride")

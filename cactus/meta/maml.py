@@ -136,6 +136,11 @@ def batch_query_loss(
 BATCHING = {"folded": folded_batch_query_loss, "vmap": batch_query_loss}
 
 
+CPU_QUERY_CHUNK = 2
+"""Query sets scored per pass on a CPU by default: 2 tasks at a time ran 1.1-1.2x faster than all 8
+at once (meta-batch 8, 5- and 20-way 1-shot, 2 cores), with a lower peak (bench/maml_speed.py)."""
+
+
 class MAML:
     """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss).
 
@@ -144,9 +149,11 @@ class MAML:
     2-core CPU); ``"folded"`` (default; 2.0x / 1.2x: see bench/maml_speed.py) runs the same maths
     with the task axis folded into the conv channels by hand (:mod:`cactus.meta.maml_folded`).
     Both equal the per-task loop's meta-gradient, and both keep every task's unrolled graph alive
-    at once. Two knobs trade speed for memory, with the same gradient: ``query_chunk`` (folded
-    only) scores the query sets that many tasks at a time after running every inner loop together
-    (:func:`~cactus.meta.maml_folded.folded_meta_backward`); ``task_chunk`` runs the meta-batch
+    at once. ``query_chunk`` (folded only) scores the query sets that many tasks at a time after
+    running every inner loop together (:func:`~cactus.meta.maml_folded.folded_meta_backward`); None
+    means :data:`CPU_QUERY_CHUNK` on a CPU, where smaller query batches are both faster and smaller,
+    and all at once on a GPU. Two more knobs trade speed for memory, with the same gradient:
+    ``task_chunk`` runs the meta-batch
     that many tasks at a time (one Adam step); ``recompute`` (folded, second order) keeps one inner
     step's graph at a time and rebuilds each in the backward pass.
     """
@@ -215,9 +222,9 @@ class MAML:
         for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
             part = [t[start : start + chunk] for t in tensors]
             how = (self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *part)
-            if self.batching == "folded" and (self.query_chunk or self.recompute):
-                losses, logits = folded_meta_backward(*how, 1 / batch, self.query_chunk or len(part[0]),
-                                                      self.recompute)
+            query_chunk = self.query_chunk or (CPU_QUERY_CHUNK if self.device.type == "cpu" else None)
+            if self.batching == "folded" and (query_chunk or self.recompute):
+                losses, logits = folded_meta_backward(*how, 1 / batch, query_chunk or len(part[0]), self.recompute)
             else:
                 losses, logits = BATCHING[self.batching](*how)
                 (losses.sum() / batch).backward()

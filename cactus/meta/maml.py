@@ -145,8 +145,8 @@ class MAML:
     """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss).
 
     ``batching`` picks how the task batch runs: ``"vmap"`` maps the pure per-task function with
-    ``torch.func.vmap`` (1.3x / 0.9x the per-task loop's tasks/s at 5-way / 20-way 1-shot on a
-    2-core CPU); ``"folded"`` (default; 2.0x / 1.2x: see bench/maml_speed.py) runs the same maths
+    ``torch.func.vmap`` (1.25x / 1.1x the per-task loop's tasks/s at 5-way / 20-way 1-shot on a
+    2-core CPU); ``"folded"`` (default; 2.25x / 1.5x: see bench/maml_speed.py) runs the same maths
     with the task axis folded into the conv channels by hand (:mod:`cactus.meta.maml_folded`).
     Both equal the per-task loop's meta-gradient, and both keep every task's unrolled graph alive
     at once. ``query_chunk`` (folded only) scores the query sets that many tasks at a time after

@@ -183,6 +183,32 @@ def test_task_and_query_chunks_give_the_same_step():
             np.testing.assert_allclose(weights[k], v, rtol=1e-7, atol=1e-10)
 
 
+def test_cpu_default_scores_query_sets_in_chunks_with_the_same_step(monkeypatch):
+    import cactus.meta.maml as maml_module
+
+    chunks_used = []
+    real = maml_module.folded_meta_backward
+
+    def spy(*args):
+        chunks_used.append(args[-2])  # (..., scale, query_chunk, recompute)
+        return real(*args)
+
+    monkeypatch.setattr(maml_module, "folded_meta_backward", spy)
+    batch = _random_batch()
+    default_chunk = maml_module.CPU_QUERY_CHUNK
+    assert 1 <= default_chunk < TASKS
+    chunked = _float64_learner(False, False)
+    chunked_stats = chunked.meta_step(*batch)
+    assert chunks_used == [default_chunk]
+    monkeypatch.setattr(maml_module, "CPU_QUERY_CHUNK", None)  # the GPU default: every query set at once
+    whole = _float64_learner(False, False)
+    whole_stats = whole.meta_step(*batch)
+    assert chunks_used == [default_chunk]  # the all-at-once path does not go through the chunked one
+    assert chunked_stats["loss"] == pytest.approx(whole_stats["loss"], rel=1e-12)
+    for k, v in whole.weights().items():
+        np.testing.assert_allclose(chunked.weights()[k], v, rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.parametrize("learn_inner_lr", [False, True])
 def test_weights_and_state_round_trip(learn_inner_lr):
     batch = _random_batch(torch.float32)

@@ -301,7 +301,8 @@ LEARNER_KEYS = ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_s
 @click.option("--task-chunk", type=click.IntRange(min=1), default=None,
               help="MAML: run the meta-batch this many tasks at a time (same gradient, less memory, slower).")
 @click.option("--query-chunk", type=click.IntRange(min=1), default=None,
-              help="MAML: score the query sets this many tasks at a time (same gradient, less memory).")
+              help="MAML: score the query sets this many tasks at a time (same gradient; fewer use less "
+                   "memory)  [default: 2 on a CPU, all at once on a GPU]")
 @click.option("--recompute", is_flag=True,
               help="MAML, second order: keep one inner step's graph at a time, rebuilding each in the backward "
                    "pass (same gradient, less memory, slower).")

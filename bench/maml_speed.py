@@ -18,8 +18,8 @@ file), 5 inner steps at lr 0.05, second order, one Adam step per meta-step, in t
   scored one task at a time: less memory);
 - ``folded_c2``: ``task_chunk=2`` (the meta-batch run 2 tasks at a time, same gradient);
 - ``folded_rc``: ``recompute=True`` (the inner loop run first without its graph, keeping each
-  step's weights; the backward pass rebuilds one step's graph at a time; query sets 2 at a time), ``folded_rc_q1`` with
-  ``query_chunk=1`` as well.
+  step's weights; the backward pass rebuilds one step's graph at a time; query sets 2 at a time),
+  ``folded_rc_q1`` with ``query_chunk=1`` as well.
 
 Each (variant, setting) runs in a fresh child process doing only that: one warm-up meta-step,
 then ``--steps`` timed ones; its peak memory is the child's VmHWM, reset (``/proc/self/clear_refs``) once

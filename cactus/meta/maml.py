@@ -153,9 +153,9 @@ class MAML:
     running every inner loop together (:func:`~cactus.meta.maml_folded.folded_meta_backward`); None
     means :data:`CPU_QUERY_CHUNK` on a CPU, where smaller query batches are both faster and smaller,
     and all at once on a GPU. Two more knobs trade speed for memory, with the same gradient:
-    ``task_chunk`` runs the meta-batch
-    that many tasks at a time (one Adam step); ``recompute`` (folded, second order) keeps one inner
-    step's graph at a time and rebuilds each in the backward pass.
+    ``task_chunk`` runs the meta-batch that many tasks at a time (one Adam step); ``recompute``
+    (folded, second order) keeps one inner step's graph at a time and rebuilds each in the backward
+    pass.
     """
 
     def __init__(
@@ -218,11 +218,11 @@ class MAML:
         batch = tensors[0].shape[0]
         chunk = self.task_chunk or batch
         self.optimiser.zero_grad()
+        query_chunk = self.query_chunk or (CPU_QUERY_CHUNK if self.device.type == "cpu" else None)
         loss_sum, correct = 0.0, 0.0
         for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
             part = [t[start : start + chunk] for t in tensors]
             how = (self.net, self._params(), self.inner_lrs, self.inner_steps, self.first_order, *part)
-            query_chunk = self.query_chunk or (CPU_QUERY_CHUNK if self.device.type == "cpu" else None)
             if self.batching == "folded" and (query_chunk or self.recompute):
                 losses, logits = folded_meta_backward(*how, 1 / batch, query_chunk or len(part[0]), self.recompute)
             else:

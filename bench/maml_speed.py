@@ -1,10 +1,11 @@
 """MAML meta-training speed and peak memory: batched (folded, vmap) against the per-task loop.
 
-    python bench/maml_speed.py [--repeats 5] [--steps 3] [--threads 2]
+    python bench/maml_speed.py [--repeats 5] [--steps 3] [--threads 2] [--first-order]
 
 Same net (conv4, 32 filters, stride-2 downsampling, 28x28x1 Omniglot, N-way head), same task
 batches (meta-batch 8, 1-shot, drawn once from the Omniglot meta-train split and saved to a temp
-file), 5 inner steps at lr 0.05, second order, one Adam step per meta-step, in two settings:
+file), 5 inner steps at lr 0.05, second order (first order with ``--first-order``, written to
+bench/results/maml_speed_first_order.json), one Adam step per meta-step, in two settings:
 5-way 1-shot with 15 queries per class and 20-way 1-shot with 5 queries per class. Variants:
 
 - ``loop``: :func:`cactus.meta.maml_reference.maml_reference_meta_gradient` (one task at a time,
@@ -19,13 +20,22 @@ file), 5 inner steps at lr 0.05, second order, one Adam step per meta-step, in t
 - ``folded_c2``: ``task_chunk=2`` (the meta-batch run 2 tasks at a time, same gradient);
 - ``folded_rc``: ``recompute=True`` (the inner loop run first without its graph, keeping each
   step's weights; the backward pass rebuilds one step's graph at a time; query sets 2 at a time),
-  ``folded_rc_q1`` with ``query_chunk=1`` as well.
+  ``folded_rc_q1`` with ``query_chunk=1`` as well;
+- ``shared_batch``: not MAML but the ceiling of what batching tasks can give on this machine: the
+  same work as the loop's 8 tasks (same ops, same FLOPs) with the task axis simply dropped, every
+  task's support images one batch of 8*N through the *shared* meta-weights (one plain conv per
+  layer, batch norm over the whole batch), the query sets 2 tasks at a time as in ``folded``. Any
+  batched MAML does at least this work with more structure (per-task weights, grouped convs), so
+  its speed-up over the loop cannot exceed this one's by more than noise.
 
 Each (variant, setting) runs in a fresh child process doing only that: one warm-up meta-step,
 then ``--steps`` timed ones; its peak memory is the child's VmHWM, reset (``/proc/self/clear_refs``) once
 the data and net are loaded, also given net of the RSS it had then. The machine is shared with other jobs, so every
 (variant, setting) is run ``--repeats`` times, interleaved (with the order rotated) so that
-load hits them alike, and the median is reported. Every variant starts from the same weights and
+load hits them alike, and the median is reported. Then, for the speed ratios, the loop and the
+``--interleaved`` variants (default: ``folded`` and ``shared_batch``) run in one process, one
+meta-step each in turn for ``--rounds`` rounds, so that the machine's drift (runs of one variant
+spread by +-25% on this host) hits them alike. Every variant starts from the same weights and
 batch; the script checks that their first query losses agree. Writes bench/results/maml_speed.json.
 """
 
@@ -49,7 +59,9 @@ sys.path.insert(0, str(ROOT))
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 SETTINGS = {"5way1shot15q": (5, 15), "20way1shot5q": (20, 5)}
 META_BATCH, INNER_STEPS, INNER_LR, FILTERS = 8, 5, 0.05, 32
-VARIANTS = ("loop", "vmap", "folded", "folded_qall", "folded_q1", "folded_c2", "folded_rc", "folded_rc_q1")
+VARIANTS = ("loop", "vmap", "folded", "folded_qall", "folded_q1", "folded_c2", "folded_rc", "folded_rc_q1",
+            "shared_batch")
+NOT_MAML = ("shared_batch",)  # a bound, not a meta-gradient: its losses are not compared
 QUERY_CHUNK = {"folded_qall": META_BATCH, "folded_q1": 1, "folded_rc_q1": 1}
 
 
@@ -105,38 +117,83 @@ def peak_rss_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def child(variant: str, setting: str, batches_path: str, steps: int, threads: int) -> dict:
-    """Run one variant alone: a warm-up meta-step, then ``steps`` timed ones. Returns timings and memory."""
+def shared_batch_meta_gradient(
+    net, support_x, support_y, query_x, query_y, steps: int, lr: float, first_order: bool, query_chunk: int = 2,
+) -> tuple[float, dict]:
+    """The ``shared_batch`` bound: MAML's work for a task batch with the task axis dropped.
+
+    support_x (B, N*K, C, H, W) and query_x (B, N*Q, C, H, W) go through the shared weights as
+    batches of B*N*K and query_chunk*N*Q images. Returns (mean query loss, name -> gradient).
+    """
+    import torch
+    from torch.func import functional_call
+    from torch.nn import functional as F
+
+    params = dict(net.named_parameters())
+    names = list(params)
+    images, labels = support_x.flatten(0, 1), support_y.flatten()
+    fast = dict(params)
+    for _ in range(steps):
+        loss = F.cross_entropy(functional_call(net, fast, (images,)), labels)
+        grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=not first_order)
+        fast = {n: fast[n] - lr * g for n, g in zip(names, grads, strict=True)}
+    leaves = {n: w.detach().requires_grad_() for n, w in fast.items()}
+    totals = [torch.zeros_like(w) for w in leaves.values()]
+    batch, loss_sum = query_x.shape[0], 0.0
+    for start in range(0, batch, query_chunk):
+        part = slice(start, start + query_chunk)
+        share = len(query_x[part]) / batch
+        loss = F.cross_entropy(functional_call(net, leaves, (query_x[part].flatten(0, 1),)), query_y[part].flatten())
+        for total, g in zip(totals, torch.autograd.grad(loss * share, [leaves[n] for n in names]), strict=True):
+            total += g
+        loss_sum += loss.item() * share
+    if first_order:
+        return loss_sum, dict(zip(names, totals, strict=True))
+    grads = torch.autograd.grad([fast[n] for n in names], [params[n] for n in names], totals)
+    return loss_sum, dict(zip(names, grads, strict=True))
+
+
+def make_meta_step(variant: str, setting: str, data: dict, first_order: bool):
+    """One variant's meta-step on the saved batches: a function of the batch index returning the loss."""
     import torch
 
-    torch.set_num_threads(threads)
     from cactus.meta.maml import MAML
     from cactus.meta.maml_reference import maml_reference_meta_gradient
     from cactus.meta.nets import ConvNet
 
-    data = torch.load(batches_path, weights_only=True)[setting]
     ways = SETTINGS[setting][0]
     learner = MAML(1, 28, ways, filters=FILTERS, downsample="stride", inner_steps=INNER_STEPS,
                    inner_lr=INNER_LR, batching="vmap" if variant == "vmap" else "folded", seed=0,
+                   first_order=first_order,
                    task_chunk=2 if variant == "folded_c2" else None,
                    query_chunk=QUERY_CHUNK.get(variant),
                    recompute=variant.startswith("folded_rc"))
-    if variant == "loop":  # the stock ConvNet (fused batch norm), same initial weights, its own Adam
+    if variant in ("loop", "shared_batch"):  # the stock ConvNet (fused batch norm), same initial weights, own Adam
         net = ConvNet(1, 28, FILTERS, ways, "stride")
         net.load_state_dict(learner.net.state_dict())
         optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+        gradient = maml_reference_meta_gradient if variant == "loop" else shared_batch_meta_gradient
         del learner
 
     def meta_step(i: int) -> float:
         batch = [data[k][i % len(data[k])] for k in ("support_x", "support_y", "query_x", "query_y")]
-        if variant != "loop":
+        if variant not in ("loop", "shared_batch"):
             return learner.meta_step(*batch)["loss"]
-        loss, grads = maml_reference_meta_gradient(net, *batch, INNER_STEPS, INNER_LR)
+        loss, grads = gradient(net, *batch, INNER_STEPS, INNER_LR, first_order)
         for name, p in net.named_parameters():
             p.grad = grads[name]
         optimiser.step()
         return loss
 
+    return meta_step
+
+
+def child(variant: str, setting: str, batches_path: str, steps: int, threads: int, first_order: bool) -> dict:
+    """Run one variant alone: a warm-up meta-step, then ``steps`` timed ones. Returns timings and memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    meta_step = make_meta_step(variant, setting, torch.load(batches_path, weights_only=True)[setting], first_order)
     rss_before = reset_peak_rss()
     losses = [meta_step(0)]
     times = []
@@ -147,11 +204,48 @@ def child(variant: str, setting: str, batches_path: str, steps: int, threads: in
     return {"times_s": times, "losses": losses, "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_child(variant: str, setting: str, batches: str, steps: int, threads: int) -> dict:
-    command = [sys.executable, __file__, "--child", variant, setting, batches, str(steps), str(threads)]
+def interleaved_child(variants: list[str], setting: str, batches_path: str, rounds: int, threads: int,
+                      first_order: bool) -> dict:
+    """All variants in one process, one meta-step each in turn (order rotated every round), so that
+    the machine's drift hits them alike. Returns {variant: [seconds per meta-step, one per round]}."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = torch.load(batches_path, weights_only=True)[setting]
+    steps = {v: make_meta_step(v, setting, data, first_order) for v in variants}
+    for step in steps.values():
+        step(0)  # warm-up
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        shift = r % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            start = time.perf_counter()
+            steps[variant](1 + r)
+            times[variant].append(time.perf_counter() - start)
+    return times
+
+
+def run_child(variant: str, setting: str, batches: str, steps: int, threads: int, first_order: bool,
+              flag: str = "--child") -> dict:
+    command = [sys.executable, __file__, flag, variant, setting, batches, str(steps), str(threads),
+               "first" if first_order else "second"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interleaved_summary(times: dict[str, list[float]]) -> dict:
+    """Per variant: median tasks/s and its ratio to the loop's, and the median of the per-round ratios."""
+    loop = times["loop"]
+    rows = {}
+    for variant, seconds in times.items():
+        rows[variant] = {
+            "tasks_per_s_median": META_BATCH / statistics.median(seconds),
+            "step_s_all": seconds,
+            "speedup_vs_loop": statistics.median(loop) / statistics.median(seconds),
+            "round_ratio_median": statistics.median(a / b for a, b in zip(loop, seconds, strict=True)),
+        }
+    return rows
 
 
 def main() -> None:
@@ -161,18 +255,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated subset of: " + ", ".join(VARIANTS) + " (loop is always run)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "maml_speed.json")
-    parser.add_argument("--child", nargs=5, metavar=("VARIANT", "SETTING", "BATCHES", "STEPS", "THREADS"))
+    parser.add_argument("--first-order", action="store_true", help="time first-order MAML instead of second")
+    parser.add_argument("--rounds", type=int, default=12,
+                        help="meta-steps per variant in the interleaved run (0: skip it)")
+    parser.add_argument("--interleaved", default="folded,shared_batch",
+                        help="variants timed against the loop in one process, a meta-step each in turn")
+    parser.add_argument("--out", type=Path, help="default: bench/results/maml_speed[_first_order].json")
+    child_args = ("VARIANT", "SETTING", "BATCHES", "STEPS", "THREADS", "ORDER")
+    parser.add_argument("--child", nargs=6, metavar=child_args)
+    parser.add_argument("--interleaved-child", nargs=6, metavar=child_args)
     args = parser.parse_args()
     if args.child:
-        variant, setting, batches, steps, threads = args.child
-        print(json.dumps(child(variant, setting, batches, int(steps), int(threads))))
+        variant, setting, batches, steps, threads, order = args.child
+        print(json.dumps(child(variant, setting, batches, int(steps), int(threads), order == "first")))
         return
+    if args.interleaved_child:
+        variants, setting, batches, rounds, threads, order = args.interleaved_child
+        print(json.dumps(interleaved_child(variants.split(","), setting, batches, int(rounds), int(threads),
+                                           order == "first")))
+        return
+    maml_order = "first" if args.first_order else "second"
+    out = args.out or ROOT / "bench" / "results" / f"maml_speed{'_first_order' if args.first_order else ''}.json"
 
     import torch
 
     chosen = ("loop",) + tuple(v for v in args.variants.split(",") if v and v != "loop")
-    unknown = [v for v in chosen if v not in VARIANTS]
+    interleaved = ["loop"] + [v for v in args.interleaved.split(",") if v and v != "loop"]
+    unknown = [v for v in chosen + tuple(interleaved) if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     started = time.time()
@@ -186,15 +295,23 @@ def main() -> None:
                 shift = repeat % len(chosen)
                 order = chosen[shift:] + chosen[:shift]  # rotate who goes first
                 for variant in order:
-                    result = run_child(variant, setting, batches, args.steps, args.threads)
+                    result = run_child(variant, setting, batches, args.steps, args.threads, args.first_order)
                     runs[setting][variant].append(result)
                     rate = META_BATCH * args.steps / sum(result["times_s"])
                     print(f"[{repeat + 1}/{args.repeats}] {setting:13s} {variant:15s} {rate:6.2f} tasks/s  "
                           f"peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        side_by_side = {}
+        for setting in SETTINGS if args.rounds else ():
+            times = run_child(",".join(interleaved), setting, batches, args.rounds, args.threads, args.first_order,
+                              flag="--interleaved-child")
+            side_by_side[setting] = interleaved_summary(times)
+            print(f"interleaved {setting}: " + ", ".join(
+                f"{v} {row['tasks_per_s_median']:.1f} tasks/s ({row['speedup_vs_loop']:.2f}x)"
+                for v, row in side_by_side[setting].items()), file=sys.stderr, flush=True)
 
     summary: dict[str, dict] = {}
     for setting, by_variant in runs.items():
-        first_losses = {v: r[0]["losses"][0] for v, r in by_variant.items()}
+        first_losses = {v: r[0]["losses"][0] for v, r in by_variant.items() if v not in NOT_MAML}
         spread = max(first_losses.values()) - min(first_losses.values())
         rows = {}
         for variant, results in by_variant.items():
@@ -212,6 +329,8 @@ def main() -> None:
             rows[variant]["speedup_vs_loop"] = rows[variant]["tasks_per_s_median"] / loop["tasks_per_s_median"]
             rows[variant]["peak_rss_ratio_vs_loop"] = rows[variant]["peak_rss_mb_median"] / loop["peak_rss_mb_median"]
         summary[setting] = {"variants": rows, "first_step_query_loss": first_losses, "loss_spread": spread}
+        if setting in side_by_side:
+            summary[setting]["interleaved"] = side_by_side[setting]
 
     report = {
         "benchmark": "maml_speed",
@@ -225,16 +344,18 @@ def main() -> None:
         "load_average_start_end": [load_start, os.getloadavg()],
         "setup": {
             "net": f"conv4, {FILTERS} filters, stride, 28x28x1, N-way head", "meta_batch": META_BATCH,
-            "inner_steps": INNER_STEPS, "inner_lr": INNER_LR, "order": "second", "shots": 1,
+            "inner_steps": INNER_STEPS, "inner_lr": INNER_LR, "order": maml_order, "shots": 1,
             "tasks": source, "timed_meta_steps_per_child": args.steps, "repeats": args.repeats,
             "memory": "VmHWM of a fresh child process running only that variant, reset after loading",
+            "interleaved": f"{args.rounds} meta-steps per variant in one process, in turn; speed-up = ratio of "
+                           "median step times, and median of the per-round ratios",
         },
         "settings": summary,
         "wall_s": time.time() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"MAML meta-training, meta-batch {META_BATCH}, {INNER_STEPS} inner steps, second order, "
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"MAML meta-training, meta-batch {META_BATCH}, {INNER_STEPS} inner steps, {maml_order} order, "
           f"{args.threads} thread(s), median of {args.repeats}:")
     print(f"{'setting':14s} {'variant':15s} {'tasks/s':>8s} {'x loop':>7s} {'peak MB':>8s} {'+MB':>6s}")
     for setting, entry in summary.items():
@@ -242,7 +363,12 @@ def main() -> None:
             print(f"{setting:14s} {variant:15s} {row['tasks_per_s_median']:8.2f} "
                   f"{row.get('speedup_vs_loop', 1.0):7.2f} {row['peak_rss_mb_median']:8.0f} "
                   f"{row['peak_minus_start_rss_mb_median']:6.0f}")
-    print(f"wrote {args.out}")
+    for setting, entry in summary.items():
+        for variant, row in entry.get("interleaved", {}).items():
+            if variant != "loop":
+                print(f"{setting:14s} {variant:15s} interleaved with the loop, {args.rounds} steps each: "
+                      f"{row['speedup_vs_loop']:.2f}x (per-round ratios: median {row['round_ratio_median']:.2f})")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

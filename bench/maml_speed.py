@@ -62,6 +62,7 @@ META_BATCH, INNER_STEPS, INNER_LR, FILTERS = 8, 5, 0.05, 32
 VARIANTS = ("loop", "vmap", "folded", "folded_qall", "folded_q1", "folded_c2", "folded_rc", "folded_rc_q1",
             "shared_batch")
 NOT_MAML = ("shared_batch",)  # a bound, not a meta-gradient: its losses are not compared
+STOCK_NET = ("loop", "shared_batch")  # variants that run the stock ConvNet with their own gradient function
 QUERY_CHUNK = {"folded_qall": META_BATCH, "folded_q1": 1, "folded_rc_q1": 1}
 
 
@@ -168,7 +169,7 @@ def make_meta_step(variant: str, setting: str, data: dict, first_order: bool):
                    task_chunk=2 if variant == "folded_c2" else None,
                    query_chunk=QUERY_CHUNK.get(variant),
                    recompute=variant.startswith("folded_rc"))
-    if variant in ("loop", "shared_batch"):  # the stock ConvNet (fused batch norm), same initial weights, own Adam
+    if variant in STOCK_NET:  # the stock ConvNet (fused batch norm), same initial weights, its own Adam
         net = ConvNet(1, 28, FILTERS, ways, "stride")
         net.load_state_dict(learner.net.state_dict())
         optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -177,7 +178,7 @@ def make_meta_step(variant: str, setting: str, data: dict, first_order: bool):
 
     def meta_step(i: int) -> float:
         batch = [data[k][i % len(data[k])] for k in ("support_x", "support_y", "query_x", "query_y")]
-        if variant not in ("loop", "shared_batch"):
+        if variant not in STOCK_NET:
             return learner.meta_step(*batch)["loss"]
         loss, grads = gradient(net, *batch, INNER_STEPS, INNER_LR, first_order)
         for name, p in net.named_parameters():
@@ -281,9 +282,10 @@ def main() -> None:
 
     chosen = ("loop",) + tuple(v for v in args.variants.split(",") if v and v != "loop")
     interleaved = ["loop"] + [v for v in args.interleaved.split(",") if v and v != "loop"]
-    unknown = [v for v in chosen + tuple(interleaved) if v not in VARIANTS]
-    if unknown:
-        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    for option, names in (("--variants", chosen), ("--interleaved", interleaved)):
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     started = time.time()
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

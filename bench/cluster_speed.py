@@ -4,7 +4,7 @@ P partitions of k clusters on the Omniglot meta-train embedding (PCA, 64-d by de
 the raw embedding and the others rescaled per dimension, exactly as `cactus cluster` does. Both sides
 get the same CPU threads (``--threads``, default every available CPU). scikit-learn runs k-means++
 with one init per partition (the CACTUs code's setting) to convergence; ours is the code path of
-`cactus cluster`, :func:`cactus.cluster.partitions`, timed over all P partitions, for each engine and
+`cactus cluster`, :func:`cactus.clustering.partitions.partitions`, timed over all P partitions, for each engine and
 iteration count asked for (``relaxed:8`` = over-relaxed Lloyd, 8 iterations, the default;
 ``faiss:20`` = faiss's Lloyd, the previous default). Prints and writes bench/results/cluster_speed.json
 (or ``--out``): seconds per partition, the time ratio, and the inertia ratio ours / scikit-learn.
@@ -47,8 +47,8 @@ def main() -> None:
     from sklearn.cluster import KMeans as SkKMeans
     from threadpoolctl import threadpool_limits
 
-    from cactus.cluster import KMeans, available_cpus, import_faiss, partition_scales, partitions
-    from cactus.data import load_dataset
+    from cactus.clustering.partitions import KMeans, available_cpus, import_faiss, partition_scales, partitions
+    from cactus.datasets.dataset import load_dataset
     from embeddings.pca import PCAEncoder
 
     threads = args.threads or available_cpus()

@@ -4,7 +4,7 @@
 
 Loads Omniglot (28x28, default split), fits the encoder on the meta-train split images only,
 embeds the test split, and measures 5-way 1-shot and 5-way 5-shot 1-NN accuracy
-(``cactus.baselines.evaluate_embedding``: 1000 tasks, 5 queries, seed 0). Pixel PCA (64-d,
+(``cactus.evaluation.baselines.evaluate_embedding``: 1000 tasks, 5 queries, seed 0). Pixel PCA (64-d,
 whitened) is measured in the same run. Prints the figures and writes
 ``bench/results/encoder_<method>_<setting>[_<tag>].json``.
 
@@ -46,7 +46,7 @@ def parse_params(pairs: list[str]) -> dict:
 
 def knn_scores(embeddings, labels) -> dict:
     """5-way 1-shot and 5-shot 1-NN accuracy (%, ci95) of test-split embeddings."""
-    from cactus.baselines import evaluate_embedding
+    from cactus.evaluation.baselines import evaluate_embedding
 
     out = {}
     for shots in (1, 5):
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from cactus.data import load_dataset
+    from cactus.datasets.dataset import load_dataset
     from embeddings import encoder_class
     from embeddings.pca import PCAEncoder
 

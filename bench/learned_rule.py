@@ -1,11 +1,11 @@
 """Benchmark the shipped learned update rule on unseen Omniglot characters.
 
-    python bench/learned_rule.py [--rule cactus/rules/default_rule.h5] [--tasks 1000]
+    python bench/learned_rule.py [--rule cactus/update_rule/default_rule.h5] [--tasks 1000]
 
 The base MLPs are trained with the rule on the *unlabelled test-split images* (423 characters
 the rule never saw: meta-training reads only the meta-train split), at the image size the rule was
 meta-trained on. Each representation of the test images is then scored with the few-shot ridge
-readout (``cactus.baselines.evaluate_embedding(..., learner="ridge")``: 5-way 1-shot and 10-way
+readout (``cactus.evaluation.baselines.evaluate_embedding(..., learner="ridge")``: 5-way 1-shot and 10-way
 10-shot, 5 queries, 95% intervals over tasks), against the same MLP at its random initialisation
 (same seed, zero steps), whitened pixel PCA (64-d, the project baseline) and raw pixels.
 
@@ -45,7 +45,7 @@ SETTINGS = ((5, 1), (10, 10))
 
 def ridge_scores(embeddings: np.ndarray, labels: np.ndarray, tasks: int, seed: int) -> dict:
     """5-way 1-shot and 10-way 10-shot ridge accuracy (%, ci95)."""
-    from cactus.baselines import evaluate_embedding
+    from cactus.evaluation.baselines import evaluate_embedding
 
     out = {}
     for ways, shots in SETTINGS:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from cactus.data import TEST, VAL, load_dataset
+    from cactus.datasets.dataset import TEST, VAL, load_dataset
     from embeddings.learned_rule import DEFAULT_RULE, default_steps, load_rule
     from embeddings.pca import PCAEncoder
 

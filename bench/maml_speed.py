@@ -8,7 +8,7 @@ file), 5 inner steps at lr 0.05, second order (first order with ``--first-order`
 bench/results/maml_speed_first_order.json), one Adam step per meta-step, in two settings:
 5-way 1-shot with 15 queries per class and 20-way 1-shot with 5 queries per class. Variants:
 
-- ``loop``: :func:`cactus.meta.maml_reference.maml_reference_meta_gradient` (one task at a time,
+- ``loop``: :func:`cactus.learners.maml_reference.maml_reference_meta_gradient` (one task at a time,
   differentiating through the unrolled inner loop, as learn2learn's ``clone()``/``adapt()``),
   gradients handed to Adam;
 - ``vmap``: ``MAML(batching="vmap")``, the per-task function mapped with ``torch.func.vmap``;
@@ -71,9 +71,9 @@ def make_batches(path: Path, n_batches: int) -> str:
     import numpy as np
     import torch
 
-    from cactus.data import load_dataset
-    from cactus.meta.nets import images_to_tensor
-    from cactus.tasks import sample_tasks
+    from cactus.datasets.dataset import load_dataset
+    from cactus.nets import images_to_tensor
+    from cactus.task_sampling import sample_tasks
 
     if OMNIGLOT.exists():
         ds = load_dataset(f"omniglot:{OMNIGLOT}")
@@ -158,9 +158,9 @@ def make_meta_step(variant: str, setting: str, data: dict, first_order: bool):
     """One variant's meta-step on the saved batches: a function of the batch index returning the loss."""
     import torch
 
-    from cactus.meta.maml import MAML
-    from cactus.meta.maml_reference import maml_reference_meta_gradient
-    from cactus.meta.nets import ConvNet
+    from cactus.learners.maml import MAML
+    from cactus.learners.maml_reference import maml_reference_meta_gradient
+    from cactus.nets import ConvNet
 
     ways = SETTINGS[setting][0]
     learner = MAML(1, 28, ways, filters=FILTERS, downsample="stride", inner_steps=INNER_STEPS,

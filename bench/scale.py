@@ -35,7 +35,7 @@ def write_embeddings(path: Path, rows: int, dim: int, centres: int, seed: int = 
     import h5py
 
     from cactus import __version__
-    from cactus.store import FORMAT, compute_key
+    from cactus.core.store import FORMAT, compute_key
 
     rng = np.random.default_rng(seed)
     means = rng.normal(0, 4, (centres, dim)).astype(np.float32)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 
 REGISTRY: dict[str, str] = {
     "pca": "embeddings.pca:PCAEncoder",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings.base import Encoder
 from embeddings.train_utils import (
     check_options,

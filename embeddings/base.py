@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 
 
 class Encoder:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings.base import Encoder
 from embeddings.checkpointing import TrainingState
 from embeddings.image_nets import ConvTrunk, Generator

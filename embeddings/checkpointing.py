@@ -4,7 +4,7 @@
 encoders know nothing of it except that they hand :func:`embeddings.train_utils.train_epochs` a
 :class:`TrainingState`: what must be saved to continue (modules, optimisers, schedulers, the
 augmentation generator, per-epoch extras). The loop then saves a checkpoint every
-``every_s`` seconds and on SIGTERM / SIGINT (then raises :class:`cactus.checkpoint.Stopped`),
+``every_s`` seconds and on SIGTERM / SIGINT (then raises :class:`cactus.core.checkpoint.Stopped`),
 and on ``--resume`` restores the position (epoch, step), the weights, every random-number state
 and the losses so far, so the run ends where an uninterrupted one would.
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from cactus import log
-from cactus.distributed import World
-from cactus.errors import CactusError
+from cactus.core import log
+from cactus.core.distributed import World
+from cactus.core.errors import CactusError
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def set_torch_rng_states(states: dict[str, Any]) -> None:
 
 def save(session: FitSession, position: Position, state: TrainingState) -> None:
     """Write the checkpoint of ``position`` (rank 0 only; a no-op without a checkpoint path)."""
-    from cactus.checkpoint import save_checkpoint
+    from cactus.core.checkpoint import save_checkpoint
 
     if session.checkpoint is None or not session.world.is_main:
         return
@@ -170,8 +170,8 @@ def restore(session: FitSession, state: TrainingState) -> Position | None:
 
     Every rank of a distributed run reads the file, so it must be on a file system they share.
     """
-    from cactus import distributed
-    from cactus.checkpoint import load_checkpoint
+    from cactus.core import distributed
+    from cactus.core.checkpoint import load_checkpoint
 
     if not session.resume or session.checkpoint is None:
         return None

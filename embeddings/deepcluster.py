@@ -1,7 +1,7 @@
 """DeepCluster (Caron et al. 2018): k-means pseudo-labels and classification training, alternated.
 
 Each epoch: embed every image with the current conv net, PCA-whiten and L2-normalise the
-features, cluster them with k-means (``cactus.cluster.KMeans``, faiss), then train the conv net
+features, cluster them with k-means (``cactus.clustering.partitions.KMeans``, faiss), then train the conv net
 with a freshly initialised linear classifier on the cluster ids for one pass over images drawn
 uniformly over the pseudo-classes (so large clusters do not dominate), with light augmentation.
 The embedding is the final features, PCA-whitened to ``dim`` and L2-normalised.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings.base import Encoder
 
 QUICK_EPOCHS = 3
@@ -174,7 +174,7 @@ class _Rounds:
 
     def start(self, epoch: int) -> None:
         """1. pseudo-labels from the current features; 2. a new classifier head; the epoch's sample order."""
-        from cactus.cluster import KMeans
+        from cactus.clustering.partitions import KMeans
 
         enc = self.encoder
         features = enc._raw_features(self.images)

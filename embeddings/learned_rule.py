@@ -23,7 +23,7 @@ arbitrary order of the minibatch, which kernel size 1 with pooling avoids.
 Meta-objective (:func:`meta_objective`): ridge regression from the final features to one-hot
 labels, fitted in closed form on a support batch and scored by squared error on a query batch.
 The features are centred on the support mean and scaled to unit norm, exactly as the few-shot
-ridge readout (``cactus.baselines.predict_ridge``) does, with the same ridge strength.
+ridge readout (``cactus.evaluation.baselines.predict_ridge``) does, with the same ridge strength.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings.base import Encoder, as_float_pixels
 
 IN_CHANNELS = 5  # z, x, top-down t, is-input-layer flag, is-top-layer flag
 MEMORY_DECAY = 0.9
 BN_EPS = 1e-5
 RIDGE_ALPHA = 1.0
-DEFAULT_RULE = Path(__file__).resolve().parents[1] / "cactus" / "rules" / "default_rule.h5"
+DEFAULT_RULE = Path(__file__).resolve().parents[1] / "cactus" / "update_rule" / "default_rule.h5"
 
 
 def _torch():
@@ -273,7 +273,7 @@ def meta_objective(weights: list, support, support_labels, query, query_labels, 
 # ---------------------------------------------------------------------------------------------
 def load_rule(path: str | Path | None = None):
     """Read a rule artifact (default: the shipped one) -> (update network, artifact)."""
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     path = Path(path) if path is not None else DEFAULT_RULE
     if not path.is_file():
@@ -334,7 +334,7 @@ class LearnedRuleEncoder(Encoder):
 
     def get_params(self) -> dict[str, Any]:
         params = super().get_params()
-        from cactus.store import read_artifact
+        from cactus.core.store import read_artifact
 
         path = Path(self.rule) if self.rule is not None else DEFAULT_RULE
         artifact = read_artifact(path, stage="rule", arrays=False) if path.is_file() else None
@@ -368,7 +368,7 @@ class LearnedRuleEncoder(Encoder):
         sizes = [pixels.shape[1]] + [self.width] * self.depth
         state = init_base(sizes, net.hidden, generator)
         batch = min(self.batch_size, len(pixels))
-        from cactus.progress import Progress
+        from cactus.core.progress import Progress
 
         with torch.no_grad():
             for _ in Progress(range(steps), total=steps, description="learned-rule"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings.base import Encoder
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5")

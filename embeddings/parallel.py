@@ -1,7 +1,7 @@
 """Data-parallel training of the neural encoders under ``torchrun`` (gloo on CPU, nccl on GPU).
 
 Each of the W ranks takes B / W rows of every mini-batch of B (:func:`share`); gradients are
-averaged over the ranks before each optimiser step (``cactus.distributed``), as
+averaged over the ranks before each optimiser step (``cactus.core.distributed``), as
 DistributedDataParallel does. That equals one process with the same batch only when nothing
 couples the rows of a batch except the loss mean, so an encoder that takes part must:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cactus.distributed import World
+from cactus.core.distributed import World
 from embeddings.checkpointing import TrainingState, current_session
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def world_size() -> int:
 
 def share(batch: int) -> slice:
     """This rank's rows [rank * B/W, (rank + 1) * B/W) of a batch of ``batch`` rows."""
-    from cactus.distributed import split_batch
+    from cactus.core.distributed import split_batch
 
     return split_batch(batch, world())
 
@@ -61,7 +61,7 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
 
 def average(values: list[float]) -> list[float]:
     """The mean of each value over the ranks (the values themselves with one process)."""
-    from cactus.distributed import mean_over_ranks
+    from cactus.core.distributed import mean_over_ranks
 
     return mean_over_ranks(values) if world().distributed else list(values)
 
@@ -74,7 +74,7 @@ def start(state: TrainingState) -> list[Any]:
     import torch
     from torch import nn
 
-    from cactus import distributed
+    from cactus.core import distributed
 
     if not world().distributed:
         return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings.base import Encoder, as_float_pixels
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 
 if TYPE_CHECKING:
     from embeddings.checkpointing import Position, TrainingState
@@ -57,7 +57,7 @@ def setup_torch(seed: int, device: str = "auto", threads: int | None = None):
     """
     import torch
 
-    from cactus.device import resolve_device
+    from cactus.core.device import resolve_device
 
     torch_device = resolve_device(device, threads)
     torch.manual_seed(seed)
@@ -78,7 +78,7 @@ def batch_order(n: int, batch_size: int, rng: np.random.Generator, drop_last: bo
 
 def to_tensor(images: np.ndarray, device=None):
     """(B, H, W, C) uint8 numpy -> (B, C, H, W) float32 tensor in [0, 1] on ``device``."""
-    from cactus.meta.nets import images_to_tensor
+    from cactus.nets import images_to_tensor
 
     return images_to_tensor(np.ascontiguousarray(images), device=device)
 
@@ -105,7 +105,7 @@ def train_epochs(
 
     ``state`` (what the encoder must save, :class:`embeddings.checkpointing.TrainingState`) turns on
     the checkpoints of the current :class:`~embeddings.checkpointing.FitSession`: every
-    ``every_s`` seconds and on SIGTERM / SIGINT (then :class:`cactus.checkpoint.Stopped` is raised),
+    ``every_s`` seconds and on SIGTERM / SIGINT (then :class:`cactus.core.checkpoint.Stopped` is raised),
     and ``--resume`` continues from the last one to the result of an uninterrupted fit.
     """
     from embeddings import checkpointing, parallel
@@ -157,7 +157,7 @@ class _FitLoop:
     def __init__(self, step, session, state, position, description: str, done: int, total: int) -> None:
         import time
 
-        from cactus.progress import Progress
+        from cactus.core.progress import Progress
 
         self.step, self.session, self.state, self.position = step, session, state, position
         self.description, self.done = description, done
@@ -183,8 +183,8 @@ class _FitLoop:
         """Save and raise Stopped when a stop was asked for; save when the interval has passed."""
         import time
 
-        from cactus import distributed
-        from cactus.checkpoint import Stopped
+        from cactus.core import distributed
+        from cactus.core.checkpoint import Stopped
         from embeddings.checkpointing import save
 
         if self.state is None or self.session.checkpoint is None:
@@ -204,7 +204,7 @@ class _FitLoop:
 @contextmanager
 def _stop_signals(session, state):
     """SIGTERM / SIGINT become a flag while a checkpointed fit runs; otherwise a flag never set."""
-    from cactus.checkpoint import StopFlag, catch_stop_signals
+    from cactus.core.checkpoint import StopFlag, catch_stop_signals
 
     if state is None or session.checkpoint is None:
         yield StopFlag()
@@ -262,7 +262,7 @@ def conv_backbone(in_channels: int, width: int = 64, out_channels: int | None = 
     -> ReLU; the last block has ``out_channels`` (default ``width``) channels; a global average pool
     ends it. (B, C, H, W) float -> (B, out_channels). Pooling before the norm and the ReLU (the same
     function as after them when the norm's scale is positive) makes them 4x cheaper; the weights are
-    channels-last, which is 1.5-2x faster on CPU. Unlike ``cactus.meta.nets.ConvNet`` the batch norm
+    channels-last, which is 1.5-2x faster on CPU. Unlike ``cactus.nets.ConvNet`` the batch norm
     keeps running statistics, so in eval mode an image's embedding does not depend on its batch.
     """
     import torch

@@ -29,7 +29,7 @@ def omniglot():
     """The real Omniglot dataset at 28x28 with the default split (decoded once, then cached)."""
     if not (OMNIGLOT / "images_background.zip").exists():
         pytest.skip("../shared/data/omniglot is not beside the checkout")
-    from cactus.data import load_dataset
+    from cactus.datasets.dataset import load_dataset
 
     return load_dataset(f"omniglot:{OMNIGLOT}")
 
@@ -49,7 +49,7 @@ def omniglot_subset(train_images: int, test_classes: int):
     """(train images (n, 28, 28, 1) uint8, test images, test labels) from the real default split."""
     import numpy as np
 
-    from cactus.data import load_dataset
+    from cactus.datasets.dataset import load_dataset
 
     if not (OMNIGLOT / "images_background.zip").exists():
         pytest.skip(f"no Omniglot at {OMNIGLOT}")

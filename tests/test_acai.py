@@ -10,7 +10,7 @@ from tests.conftest import omniglot_subset
 def test_acai_learns_on_omniglot():
     import torch
 
-    from cactus.baselines import evaluate_embedding
+    from cactus.evaluation.baselines import evaluate_embedding
     from embeddings.acai import ACAIEncoder
 
     torch.set_num_threads(1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cactus.cluster import DROPPED, KMeans, one_partition, partition_scales, partitions
-from cactus.errors import CactusError
-from cactus.tasks import sample_tasks
+from cactus.clustering.partitions import DROPPED, KMeans, one_partition, partition_scales, partitions
+from cactus.core.errors import CactusError
+from cactus.task_sampling import sample_tasks
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_impossible_ways_is_a_clear_error():
 
 def test_training_stages_never_read_true_labels(tmp_path, monkeypatch):
     """embed -> cluster -> tasks -> meta must run with the labels locked away."""
-    from cactus.data import Dataset
+    from cactus.datasets.dataset import Dataset
     from cactus.stages.cluster import run_cluster
     from cactus.stages.common import DataRef
     from cactus.stages.embed import run_embed
@@ -105,7 +105,7 @@ def test_training_stages_never_read_true_labels(tmp_path, monkeypatch):
     result = run_meta(tmp_path / "m.h5", tmp_path / "t.h5", "protonets", {"filters": 8}, iterations=5,
                       validation="pseudo", device="cpu")
     assert result.path.exists()
-    from cactus.evaluate import run_evaluate
+    from cactus.stages.evaluate import run_evaluate
 
     with pytest.raises(AssertionError, match="read the true labels"):  # the lock works: evaluate needs labels
         run_evaluate(tmp_path / "m.h5", num_tasks=10, device="cpu")

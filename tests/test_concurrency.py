@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from cactus.lock import FileLock, lock_path
+from cactus.core.lock import FileLock, lock_path
 from tests.conftest import REPO
 
 
@@ -34,7 +34,7 @@ def start_cluster(embed_file, out, stderr_file):
 
 
 def test_two_concurrent_cluster_jobs_write_one_artifact_and_one_reuses_it(embed_file, tmp_path):
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     out = tmp_path / "run" / "partitions.h5"
     out.parent.mkdir()
@@ -90,7 +90,7 @@ def test_a_lock_not_refreshed_for_too_long_is_stale_even_from_another_host(tmp_p
 
 
 def test_a_live_lock_from_another_host_is_waited_for(tmp_path):
-    from cactus.errors import CactusError
+    from cactus.core.errors import CactusError
 
     target = tmp_path / "x.h5"
     lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere", "time": time.time(), "token": "z"}))

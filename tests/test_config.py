@@ -99,7 +99,7 @@ def digits_chain(tmp_path_factory):
 
 
 def test_replayed_config_reproduces_every_key_and_array(digits_chain, tmp_path):
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     original, keys = digits_chain
     result = run_cli("run", "--config", str(original / "learner.h5"), "--out-dir", str(tmp_path), "--eval-tasks",
@@ -180,8 +180,8 @@ def test_version_quiet_and_completion(digits_chain, tmp_path):
 def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(monkeypatch, capsys):
     import io
 
-    from cactus import log
-    from cactus.progress import Progress
+    from cactus.core import log
+    from cactus.core.progress import Progress
 
     log.set_verbosity(1)
     plain = list(Progress(range(3), 3, "step", every_s=0.0))

@@ -38,7 +38,7 @@ def test_augmentations_keep_shape_range_and_follow_the_generator():
 def test_contrastive_learns_on_omniglot():
     import torch
 
-    from cactus.baselines import evaluate_embedding
+    from cactus.evaluation.baselines import evaluate_embedding
     from embeddings.contrastive import ContrastiveEncoder
 
     torch.set_num_threads(1)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cactus.data import TEST, TRAIN, VAL, load_dataset
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
+from cactus.datasets.dataset import TEST, TRAIN, VAL, load_dataset
 from tests.conftest import OMNIGLOT, needs_omniglot
 
 

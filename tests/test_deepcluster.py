@@ -35,8 +35,8 @@ def test_sampling_is_uniform_over_clusters_not_images():
 def test_deepcluster_learns_on_omniglot():
     import torch
 
-    from cactus.baselines import evaluate_embedding
-    from cactus.data import load_dataset
+    from cactus.datasets.dataset import load_dataset
+    from cactus.evaluation.baselines import evaluate_embedding
     from embeddings.deepcluster import DeepClusterEncoder
 
     if not OMNIGLOT.exists():

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from cactus.distributed import World, split_batch, world_from_env
-from cactus.errors import CactusError
+from cactus.core.distributed import World, split_batch, world_from_env
+from cactus.core.errors import CactusError
 from tests.conftest import REPO
 
 ARGS = ("--iterations", "4", "--filters", "8", "--meta-batch", "4", "--threads", "1", "--validate-every", "2",
@@ -51,9 +51,9 @@ def cli(*args: str):
 def test_two_gloo_processes_match_one_process(tasks_file, tmp_path):
     import torch
 
-    from cactus.meta.nets import images_to_tensor
-    from cactus.meta.protonets import ProtoNets
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
+    from cactus.learners.protonets import ProtoNets
+    from cactus.nets import images_to_tensor
 
     one = cli("meta", tasks_file, "-o", tmp_path / "one.h5", *ARGS, "--json")
     assert one.exit_code == 0, one.output

@@ -19,7 +19,7 @@ CASES = {  # method: (options, tolerance on the embeddings)
 
 @pytest.mark.parametrize("method", sorted(CASES))
 def test_two_gloo_processes_match_one_process(method, tmp_path):
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     options, tolerance = CASES[method]
     args = ("embed", "--method", method, *options, *COMMON)
@@ -50,8 +50,8 @@ def test_encoders_that_cannot_split_exactly_refuse_several_processes(method, tmp
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_a_clear_error():
-    from cactus.distributed import World
-    from cactus.errors import CactusError
+    from cactus.core.distributed import World
+    from cactus.core.errors import CactusError
     from embeddings.acai import ACAIEncoder
     from embeddings.checkpointing import FitSession, fit_session
 

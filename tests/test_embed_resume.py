@@ -50,7 +50,7 @@ def learned(encoder) -> dict[str, list[float]]:
 def test_fit_stopped_then_resumed_equals_an_uninterrupted_fit(method, stop_after, images, tmp_path):
     import torch
 
-    from cactus.checkpoint import Stopped
+    from cactus.core.checkpoint import Stopped
     from embeddings.checkpointing import FitSession, fit_session
 
     full = make(method).fit(images)
@@ -80,8 +80,8 @@ def test_a_fit_without_the_stop_never_touches_the_checkpoint(images, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_another_encoder(images, tmp_path):
-    from cactus.checkpoint import Stopped
-    from cactus.errors import CactusError
+    from cactus.core.checkpoint import Stopped
+    from cactus.core.errors import CactusError
     from embeddings.checkpointing import FitSession, fit_session
 
     checkpoint = tmp_path / "e.h5.ckpt"
@@ -105,7 +105,7 @@ def cli(*args: str):
 
 
 def read(path):
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     return read_artifact(path, stage="embed")
 
@@ -144,7 +144,7 @@ def test_embed_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tmp_p
 
 
 def test_embed_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
-    from cactus.checkpoint import save_checkpoint
+    from cactus.core.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "e.h5.ckpt", {"key": "0" * 64, "epoch": 0, "step": 3})
     result = cli(*embed_args(tmp_path / "e.h5"), "--resume")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings import REGISTRY, encoder_class
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
@@ -42,7 +42,7 @@ def images() -> tuple[np.ndarray, np.ndarray]:
     """(200 meta-train images, 40 test images), (N, 28, 28, 1) uint8."""
     import torch
 
-    from cactus.data import load_dataset
+    from cactus.datasets.dataset import load_dataset
 
     if not OMNIGLOT.exists():
         pytest.skip(f"no Omniglot at {OMNIGLOT}")
@@ -90,7 +90,7 @@ def test_same_seed_same_embedding(method, images, fitted):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_weights_round_trip_through_an_artifact(method, images, fitted, tmp_path):
-    from cactus.store import read_artifact, write_artifact
+    from cactus.core.store import read_artifact, write_artifact
 
     encoder = fitted(method)
     state = encoder.get_state()

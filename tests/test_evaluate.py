@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cactus.errors import CactusError
-from cactus.evaluate import run_evaluate
+from cactus.core.errors import CactusError
 from cactus.stages.cluster import run_cluster
 from cactus.stages.common import DataRef
 from cactus.stages.embed import run_embed
+from cactus.stages.evaluate import run_evaluate
 from tests.conftest import OMNIGLOT, needs_omniglot, run_cli
 
 
@@ -55,7 +55,7 @@ def test_wrong_learner_for_the_artifact_is_refused(digits_artifacts):
 
 @needs_omniglot
 def test_lake_runs_are_parsed_and_scored_per_run(tmp_path):
-    from cactus.lake_runs import load_lake_runs
+    from cactus.evaluation.lake_runs import load_lake_runs
 
     runs = load_lake_runs(OMNIGLOT / "one_shot_classification_all_runs.zip", 28)
     assert len(runs) == 20
@@ -78,7 +78,7 @@ def test_lake_runs_refuse_a_learner_that_saw_the_evaluation_alphabets(omniglot, 
 
 
 def test_presets_fill_what_the_user_left_out_and_budgets_scale_iterations():
-    from cactus.presets import preset_values
+    from cactus.stages.presets import preset_values
 
     paper, cpu = preset_values("cactus-omniglot", "paper"), preset_values("cactus-omniglot", "cpu")
     assert paper["iterations"] == 30000 and cpu["iterations"] < paper["iterations"]

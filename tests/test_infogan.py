@@ -10,7 +10,7 @@ from tests.conftest import omniglot_subset
 def test_infogan_learns_on_omniglot():
     import torch
 
-    from cactus.baselines import evaluate_embedding
+    from cactus.evaluation.baselines import evaluate_embedding
     from embeddings.infogan import InfoGANEncoder
 
     torch.set_num_threads(1)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from cactus.evaluate import run_evaluate
+from cactus.core.store import read_artifact
 from cactus.stages.cluster import run_cluster
 from cactus.stages.common import DataRef
 from cactus.stages.embed import run_embed
+from cactus.stages.evaluate import run_evaluate
 from cactus.stages.meta import run_meta
 from cactus.stages.tasks import run_tasks
-from cactus.store import read_artifact
 
 
 def test_protonets_start_from_the_encoder_and_round_trip_through_the_artifact(tmp_path):

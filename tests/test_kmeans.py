@@ -1,12 +1,12 @@
-"""The over-relaxed Lloyd solver (cactus.kmeans) on real Omniglot embeddings."""
+"""The over-relaxed Lloyd solver (cactus.clustering.kmeans) on real Omniglot embeddings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cactus.cluster import partition_scales, partitions
-from cactus.kmeans import Lloyd, nearest_centres
+from cactus.clustering.kmeans import Lloyd, nearest_centres
+from cactus.clustering.partitions import partition_scales, partitions
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,9 @@ def test_the_thread_count_changes_speed_not_labels(embedding):
 def test_cactus_cluster_records_its_engine_and_refuses_bad_options(tmp_path):
     from click.testing import CliRunner
 
+    from cactus.core.store import read_artifact
     from cactus.stages.common import DataRef
     from cactus.stages.embed import run_embed
-    from cactus.store import read_artifact
     from cli import main
 
     run_embed(tmp_path / "e.h5", DataRef("digits"), "pca", {"dim": 16})
@@ -99,7 +99,7 @@ def test_cactus_cluster_records_its_engine_and_refuses_bad_options(tmp_path):
 
 
 def test_parallel_partitions_stay_within_memory():
-    from cactus.cluster import parallel_partitions
+    from cactus.clustering.partitions import parallel_partitions
 
     assert parallel_partitions(threads=16, partitions=100, embedding_bytes=22_000 * 64 * 4) == 16
     assert parallel_partitions(threads=16, partitions=3, embedding_bytes=1 << 20) == 3
@@ -108,7 +108,7 @@ def test_parallel_partitions_stay_within_memory():
 
 
 def test_the_default_thread_count_follows_omp_num_threads(monkeypatch):
-    from cactus.cluster import available_cpus, default_threads
+    from cactus.clustering.partitions import available_cpus, default_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3

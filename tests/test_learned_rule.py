@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cactus.errors import CactusError  # noqa: E402
-from cactus.rule.config import RuleConfig  # noqa: E402
+from cactus.core.errors import CactusError  # noqa: E402
+from cactus.update_rule.config import RuleConfig  # noqa: E402
 from embeddings import learned_rule as lr  # noqa: E402
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
@@ -24,7 +24,7 @@ def omniglot_small():
     """(images (N, 28, 28, 1) uint8, labels (N,)) of 20 meta-train characters (400 images)."""
     if not OMNIGLOT.is_dir():
         pytest.skip("Omniglot not found beside the checkout")
-    from cactus.data import TRAIN, load_dataset
+    from cactus.datasets.dataset import TRAIN, load_dataset
 
     ds = load_dataset(f"omniglot:{OMNIGLOT}")
     rows = ds.indices(TRAIN)
@@ -38,7 +38,7 @@ def _tiny_state(sizes, hidden, seed=0):
 
 
 def _write_rule(path: Path, hidden: int = 8, blocks: int = 1, seed: int = 0, unroll: int = 20) -> dict:
-    from cactus.store import write_artifact
+    from cactus.core.store import write_artifact
 
     torch.manual_seed(seed)
     net = lr.make_update_network(hidden, blocks)
@@ -218,7 +218,7 @@ def _flat(images: np.ndarray) -> np.ndarray:
 
 
 def test_resume_gives_the_same_result(tmp_path, omniglot_small):
-    from cactus.rule.train import MetaTrainer
+    from cactus.update_rule.train import MetaTrainer
 
     pixels, labels = _flat(omniglot_small[0]), omniglot_small[1]
     config = _tiny_config()
@@ -238,7 +238,7 @@ def test_resume_gives_the_same_result(tmp_path, omniglot_small):
 
 
 def test_signal_writes_a_checkpoint(tmp_path, omniglot_small):
-    from cactus.rule.train import Interrupted, MetaTrainer
+    from cactus.update_rule.train import Interrupted, MetaTrainer
 
     pixels, labels = _flat(omniglot_small[0]), omniglot_small[1]
     trainer = MetaTrainer(_tiny_config(), pixels, labels)
@@ -263,7 +263,7 @@ def test_signal_writes_a_checkpoint(tmp_path, omniglot_small):
 def test_meta_train_command_writes_a_rule(tmp_path):
     from click.testing import CliRunner
 
-    from cactus.commands.rule import rule
+    from cactus.cli.rule import rule
 
     out = tmp_path / "rule.h5"
     args = ["meta-train", "--data", "digits", "--image-size", "0", "--out", str(out), "--width-range", "8,12",
@@ -283,8 +283,8 @@ def test_shipped_rule_beats_random_init_on_test_characters():
     """The shipped rule trains a base MLP whose ridge readout beats the same MLP untrained."""
     if not lr.DEFAULT_RULE.is_file() or not OMNIGLOT.is_dir():
         pytest.skip("needs the shipped rule and Omniglot")
-    from cactus.baselines import evaluate_embedding
-    from cactus.data import TEST, load_dataset
+    from cactus.datasets.dataset import TEST, load_dataset
+    from cactus.evaluation.baselines import evaluate_embedding
 
     _, artifact = lr.load_rule(None)
     size = int(artifact.attrs["image_shape"][0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
 from embeddings import encoder_class
 from embeddings.load import LoadEncoder
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cactus.meta.maml import BATCHING, MAML, batch_query_loss
-from cactus.meta.maml_folded import folded_meta_backward
-from cactus.meta.maml_reference import maml_reference_meta_gradient
-from cactus.meta.nets import ConvNet
+from cactus.learners.maml import BATCHING, MAML, batch_query_loss
+from cactus.learners.maml_folded import folded_meta_backward
+from cactus.learners.maml_reference import maml_reference_meta_gradient
+from cactus.nets import ConvNet
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 WAYS, SHOTS, QUERIES, TASKS, SIZE = 3, 2, 2, 3, 10
@@ -114,9 +114,9 @@ def test_first_order_differs_from_second_order():
 def omniglot_tasks():
     if not OMNIGLOT.exists():
         pytest.skip(f"no Omniglot at {OMNIGLOT}")
-    from cactus.data import load_dataset
-    from cactus.meta.nets import images_to_tensor
-    from cactus.tasks import sample_tasks
+    from cactus.datasets.dataset import load_dataset
+    from cactus.nets import images_to_tensor
+    from cactus.task_sampling import sample_tasks
 
     ds = load_dataset(f"omniglot:{OMNIGLOT}")
     rows = ds.indices(0)
@@ -184,7 +184,7 @@ def test_task_and_query_chunks_give_the_same_step():
 
 
 def test_cpu_default_scores_query_sets_in_chunks_with_the_same_step(monkeypatch):
-    import cactus.meta.maml as maml_module
+    import cactus.learners.maml as maml_module
 
     chunks_used = []
     real = maml_module.folded_meta_backward
@@ -238,11 +238,11 @@ def test_memory_chunks_from_the_cli_keep_the_key_and_the_weights(tmp_path):
     weights."""
     from click.testing import CliRunner
 
+    from cactus.core.store import read_artifact
     from cactus.stages.cluster import run_cluster
     from cactus.stages.common import DataRef
     from cactus.stages.embed import run_embed
     from cactus.stages.tasks import run_tasks
-    from cactus.store import read_artifact
     from cli import main
 
     run_embed(tmp_path / "e.h5", DataRef("digits"), "pca", {"dim": 16})

@@ -15,7 +15,7 @@ import sys
 
 IMPORT_TORCH_THEN_FAISS = (
     "import os, cli, cactus, torch; torch.ones(2).sum()\n"
-    "from cactus.cluster import import_faiss; import_faiss()\n"
+    "from cactus.clustering.partitions import import_faiss; import_faiss()\n"
     "print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
 )
 
@@ -38,7 +38,8 @@ def test_torch_keeps_its_default_spin_and_faiss_waits_passively():
 
 
 def test_faiss_loaded_first_does_not_make_torch_passive():
-    counts, _ = spin_counts("from cactus.cluster import import_faiss; import_faiss()\nimport torch; torch.ones(2)")
+    counts, _ = spin_counts("from cactus.clustering.partitions import import_faiss; import_faiss()\n"
+                            "import torch; torch.ones(2)")
     assert counts == [0, 300000]
 
 

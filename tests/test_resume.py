@@ -48,7 +48,7 @@ def tasks_file(tmp_path_factory):
 
 
 def read(path):
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     return read_artifact(path, stage="meta")
 
@@ -93,7 +93,7 @@ def test_meta_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tasks_
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tasks_file, tmp_path):
-    from cactus.checkpoint import save_checkpoint
+    from cactus.core.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "learner.h5.ckpt", {"key": "0" * 64, "iteration": 3})
     result = cli("meta", str(tasks_file), "-o", str(tmp_path / "learner.h5"), *META, "--resume")

@@ -44,7 +44,7 @@ def shards(embed_file, tmp_path_factory):
 
 
 def test_shards_merged_equal_the_unsharded_artifact(embed_file, shards, tmp_path):
-    from cactus.store import read_artifact
+    from cactus.core.store import read_artifact
 
     whole = cli("cluster", embed_file, *CLUSTER, "-o", tmp_path / "whole.h5", "--json")
     merged = cli("cluster", "merge", *reversed(shards), "-o", tmp_path / "merged.h5", "--json")
@@ -106,8 +106,8 @@ def test_more_shards_than_partitions_is_refused(embed_file, tmp_path):
 
 
 def test_streamed_clustering_equals_in_memory_when_the_sample_covers_every_row(embed_file, tmp_path, monkeypatch):
+    from cactus.core.store import read_artifact
     from cactus.stages import cluster as stage
-    from cactus.store import read_artifact
 
     stage.run_cluster(tmp_path / "memory.h5", embed_file, clusters=25, partitions=3, seed=2)
     monkeypatch.setattr(stage, "STREAM_ABOVE_BYTES", 0)
@@ -120,8 +120,8 @@ def test_streamed_clustering_equals_in_memory_when_the_sample_covers_every_row(e
 
 
 def test_streamed_clustering_fits_a_sample_and_labels_every_row(embed_file, tmp_path, monkeypatch):
+    from cactus.core.store import read_artifact
     from cactus.stages import cluster as stage
-    from cactus.store import read_artifact
 
     monkeypatch.setattr(stage, "STREAM_ABOVE_BYTES", 0)
     monkeypatch.setattr(stage, "POINTS_PER_CENTROID", 10)  # 20 clusters x 10 = 200 of the 899 rows

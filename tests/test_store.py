@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
+from cactus.core.store import cached_key, compute_key, read_artifact, write_artifact
 from cactus.stages.common import up_to_date
-from cactus.store import cached_key, compute_key, read_artifact, write_artifact
 
 INPUT_KEY = compute_key("embed", {"source": "test"}, [])  # input keys are sha256 hex digests
 
@@ -77,7 +77,7 @@ def test_a_write_killed_midway_leaves_no_file_under_the_final_name(tmp_path):
     target = tmp_path / "big.h5"
     script = (
         "import numpy as np, sys\n"
-        "from cactus.store import write_artifact\n"
+        "from cactus.core.store import write_artifact\n"
         "big = {f'a{i}': np.random.default_rng(i).random((1000, 1000)) for i in range(20)}\n"
         "print('writing', flush=True)\n"
         f"write_artifact({str(target)!r}, 'embed', {{}}, [], big)\n"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cactus import log
+from cactus.core import log
 from cactus.report import collect, figures
 from cactus.report import html as page_html
 
@@ -38,7 +37,7 @@ def build_report(
     map_points: points in the 2-D map (default 5000 for PCA, 2000 for t-SNE), drawn at random
     from the meta-train images. Returns a JSON-able summary (paths, agreement, evaluation).
     """
-    from cactus.errors import CactusError
+    from cactus.core.errors import CactusError
 
     if map_method not in MAPS:
         raise CactusError(f"--map {map_method!r}: expected auto, pca or tsne")
@@ -180,15 +179,9 @@ def _task_figure(tasks, images: np.ndarray, shown: int, rng: np.random.Generator
 
 
 def _write_text(path: Path, text: str) -> None:
-    from cactus.errors import CactusError
+    from cactus.core.atomic import write_text
 
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise CactusError(f"{path}: cannot write ({error.strerror})") from None
+    write_text(path, text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from cactus.errors import CactusError
-from cactus.store import Artifact, read_artifact
+from cactus.core.errors import CactusError
+from cactus.core.store import Artifact, read_artifact
 
 NAMES = {"embed": "embeddings.h5", "cluster": "partitions.h5", "tasks": "tasks.h5", "meta": "learner.h5"}
 
@@ -116,7 +116,7 @@ def evaluation(run: Run, ways: list[int], shots: list[int], num_tasks: int, seed
             pass
     if not compute:
         return [], "not evaluated (--no-evaluate)"
-    from cactus.evaluate import run_evaluate
+    from cactus.stages.evaluate import run_evaluate
 
     reports, skipped = [], []
     for stage, learner in (("meta", None), ("embed", "knn")):

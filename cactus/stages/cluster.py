@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cactus import log
-from cactus.errors import CactusError
-from cactus.progress import Progress
+from cactus.core import log
+from cactus.core.errors import CactusError
+from cactus.core.progress import Progress
+from cactus.core.store import read_artifact, write_artifact
 from cactus.stages.common import StageResult, up_to_date
-from cactus.store import read_artifact, write_artifact
 
 STAGE = "cluster"
 SHARD_STAGE = "cluster-shard"
@@ -136,12 +136,12 @@ def run_cluster(
     With ``shard`` = (I, N) only the partitions p with p % N == I are computed, into a
     ``cluster-shard`` artifact (/labels (P_I, M), /partitions (P_I,)); :func:`merge_shards`
     joins the N shards into the artifact an unsharded run writes. ``iterations`` None is the
-    engine's default (:data:`cactus.cluster.DEFAULT_ITERATIONS`); ``threads`` (default:
+    engine's default (:data:`cactus.clustering.partitions.DEFAULT_ITERATIONS`); ``threads`` (default:
     ``OMP_NUM_THREADS``, else every available CPU) changes only the speed, never the labels, so it
     is not part of the key.
     """
-    from cactus.cluster import partitions as make_partitions
-    from cactus.cluster import resolved_iterations
+    from cactus.clustering.partitions import partitions as make_partitions
+    from cactus.clustering.partitions import resolved_iterations
 
     started = time.monotonic()
     streamed = None
@@ -186,7 +186,7 @@ def run_cluster(
             progress=lambda it: Progress(it, len(which), "cluster"), engine=engine, threads=threads,
         )
     else:
-        from cactus.cluster import one_partition_streamed
+        from cactus.clustering.partitions import one_partition_streamed
 
         sample = streamed.sample(sample_size, seed) if sample_size else np.concatenate(list(streamed.chunks()))
         labels = np.stack([

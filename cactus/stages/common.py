@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cactus import log
-from cactus.errors import CactusError
-from cactus.store import cached_key, compute_key
+from cactus.core import log
+from cactus.core.errors import CactusError
+from cactus.core.store import cached_key, compute_key
 
 
 @dataclass
@@ -33,10 +33,10 @@ def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bo
 
     When the stage must run, the lock ``out.lock`` is taken first (waiting while another job
     writes ``out``) and the cache checked again, so a job that waited reuses what the other one
-    wrote. The lock is held until :func:`cactus.store.write_artifact` has written ``out`` (or the
+    wrote. The lock is held until :func:`cactus.core.store.write_artifact` has written ``out`` (or the
     process ends); ``lock=False`` skips it (ranks > 0 of a distributed job, which never write).
     """
-    from cactus import lock as locks
+    from cactus.core import lock as locks
 
     key = compute_key(stage, config, inputs)
     if not force and cached_key(out, key):
@@ -72,7 +72,7 @@ class DataRef:
             raise CactusError(f"{where}: artifact has no valid dataset reference") from None
 
     def load(self):
-        from cactus.data import load_dataset
+        from cactus.datasets.dataset import load_dataset
 
         return load_dataset(self.spec, self.image_size, self.split, self.split_seed)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from cactus import log
-from cactus.checkpoint import checkpoint_path
-from cactus.errors import CactusError
+from cactus.core import log
+from cactus.core.checkpoint import checkpoint_path
+from cactus.core.errors import CactusError
+from cactus.core.store import read_artifact, write_artifact
 from cactus.stages.common import DataRef, StageResult, up_to_date
-from cactus.store import read_artifact, write_artifact
 from embeddings.checkpointing import FitSession, fit_session
 
 STAGE = "embed"
@@ -62,7 +62,7 @@ def run_embed(
     world = _join_world(encoder, encoder_file is not None)
     key, skipped = up_to_date(STAGE, out, config, inputs, force, lock=world.is_main)
     if world.distributed:
-        from cactus import distributed
+        from cactus.core import distributed
 
         skipped = distributed.broadcast_flag(skipped)  # rank 0 decides (it holds the lock)
     if skipped:
@@ -105,7 +105,7 @@ def _join_world(encoder, reuses_encoder: bool):
 
     An encoder whose multi-process fit could differ from a one-process fit is refused in one line.
     """
-    from cactus import distributed
+    from cactus.core import distributed
 
     world = distributed.world_from_env()
     if not world.distributed:
@@ -114,7 +114,7 @@ def _join_world(encoder, reuses_encoder: bool):
     if reason is not None:
         raise CactusError(f"--method {encoder.name}: cannot train on {world.size} processes exactly as on one, since "
                           f"{reason}; run it as a single process (without torchrun / srun)")
-    from cactus.device import resolve_device
+    from cactus.core.device import resolve_device
 
     world, _ = distributed.setup(resolve_device(getattr(encoder, "device", "auto")))
     if not world.is_main:

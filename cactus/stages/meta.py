@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from cactus import log
-from cactus.checkpoint import checkpoint_path
-from cactus.data import TRAIN, VAL
-from cactus.errors import CactusError
+from cactus.core import log
+from cactus.core.checkpoint import checkpoint_path
+from cactus.core.errors import CactusError
+from cactus.core.store import write_artifact
+from cactus.datasets.dataset import TRAIN, VAL
 from cactus.stages.common import DataRef, StageResult, check_fingerprint, data_of, up_to_date
-from cactus.store import write_artifact
 
 STAGE = "meta"
 VALIDATIONS = ("pseudo", "labels", "none")
@@ -45,12 +45,12 @@ def run_meta(
     ``task_chunk`` / ``query_chunk`` / ``recompute``) trades speed for memory with the same meta-gradient, so it is
     not part of the artifact's key.
     """
-    from cactus import distributed
-    from cactus.device import resolve_device
-    from cactus.meta.registry import build_learner, learner_config
-    from cactus.meta.train import TaskBatches, accuracy_on, meta_train
+    from cactus.core import distributed
+    from cactus.core.device import resolve_device
+    from cactus.learners.registry import build_learner, learner_config
+    from cactus.learners.train import TaskBatches, accuracy_on, meta_train
     from cactus.stages.tasks import load_tasks
-    from cactus.tasks import sample_tasks
+    from cactus.task_sampling import sample_tasks
 
     started = time.monotonic()
     if validation not in VALIDATIONS:
@@ -70,7 +70,7 @@ def run_meta(
     else:
         if tasks_file is None:
             raise CactusError("cactus meta: give a tasks artifact (TASKS) or --tasks-from labels")
-        from cactus.store import read_artifact
+        from cactus.core.store import read_artifact
 
         header = read_artifact(tasks_file, stage="tasks", arrays=False)
         data = data_of(header)
@@ -84,7 +84,7 @@ def run_meta(
     options = dict(options or {})
     encoder_state = None
     if options.get("init_from") is not None:
-        from cactus.store import read_artifact
+        from cactus.core.store import read_artifact
 
         embedded = read_artifact(options.pop("init_from"), stage="embed")
         check_fingerprint(embedded, dataset)
@@ -143,8 +143,8 @@ def run_meta(
 
 def _label_validation(dataset, tasks, learner, device, n_tasks: int, seed: int):
     """Validation on true-label tasks of the validation classes (only recorded, never trained on)."""
-    from cactus.meta.train import TaskBatches, accuracy_on
-    from cactus.tasks import sample_tasks
+    from cactus.learners.train import TaskBatches, accuracy_on
+    from cactus.task_sampling import sample_tasks
 
     rows = dataset.indices(VAL)
     if len(rows) == 0:

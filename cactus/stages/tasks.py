@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cactus.errors import CactusError
+from cactus.core.errors import CactusError
+from cactus.core.store import read_artifact, write_artifact
 from cactus.stages.common import StageResult, up_to_date
-from cactus.store import read_artifact, write_artifact
-from cactus.tasks import TaskSet, sample_tasks
+from cactus.task_sampling import TaskSet, sample_tasks
 
 STAGE = "tasks"
 

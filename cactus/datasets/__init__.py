@@ -1,0 +1,1 @@
+"""Datasets: readers for each ``--data`` kind (``readers``) and the split, cached dataset (``dataset``)."""

@@ -1,0 +1,106 @@
+"""Prototypical Networks (Snell et al., 2017) on the conv4 backbone.
+
+Class prototypes are the mean support embedding; queries are scored by negative squared
+Euclidean distance to each prototype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from cactus.nets import ConvNet
+
+
+def prototype_logits(
+    support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int
+) -> torch.Tensor:
+    """support (B, S, D), support_y (B, S), query (B, Q, D) -> logits (B, Q, ways)."""
+    one_hot = F.one_hot(support_y, ways).to(support.dtype)  # (B, S, ways)
+    prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # (B, ways, D)
+    return -torch.cdist(query, prototypes).pow(2)
+
+
+class ProtoNets:
+    """Meta-learner: a conv4 embedding trained with the prototypical loss, Adam."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        ways: int,
+        filters: int = 64,
+        downsample: str = "pool",
+        meta_lr: float = 1e-3,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        encoder=None,
+    ) -> None:
+        """``encoder``: a trained image encoder (with a ``backbone_`` module) to start from instead of
+        a fresh conv net; its backbone is fine-tuned and its batch norm keeps running statistics."""
+        torch.manual_seed(seed)
+        self.ways = ways
+        self.device = torch.device(device)
+        self.encoder = encoder
+        if encoder is not None:
+            self.net = encoder.backbone_.to(self.device)
+        else:
+            self.net = ConvNet(in_channels, image_size, filters, None, downsample).to(self.device)
+        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
+
+    def _logits(self, support_x, support_y, query_x) -> torch.Tensor:
+        batch, n_support = support_x.shape[:2]
+        images = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])
+        features = self.net(images)
+        support = features[: batch * n_support].view(batch, n_support, -1)
+        query = features[batch * n_support :].view(batch, query_x.shape[1], -1)
+        ways = int(support_y.max()) + 1
+        return prototype_logits(support, support_y, query, ways)
+
+    def meta_step(self, support_x, support_y, query_x, query_y) -> dict[str, float]:
+        self.net.train()
+        # Task by task, as in predict: batch norm sees one task, so splitting the meta-batch across
+        # processes (cactus.core.distributed) gives the same gradients as one process.
+        logits = torch.cat([
+            self._logits(support_x[t : t + 1], support_y[t : t + 1], query_x[t : t + 1])
+            for t in range(len(support_x))
+        ])
+        loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
+        self.optimiser.zero_grad()
+        loss.backward()
+        self.optimiser.step()
+        accuracy = (logits.argmax(-1) == query_y).float().mean().item() * 100
+        return {"loss": loss.item(), "accuracy": accuracy}
+
+    @torch.no_grad()
+    def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        if self.encoder is not None:
+            self.net.eval()  # running statistics, as the encoder embeds
+        # One task at a time: batch norm then normalises over each task's own images, as in training,
+        # so a task's prediction does not depend on which other tasks share the batch.
+        return torch.cat([
+            self._logits(support_x[t : t + 1], support_y[t : t + 1], query_x[t : t + 1]).argmax(-1)
+            for t in range(len(support_x))
+        ])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimiser": self.optimiser.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimiser.load_state_dict(state["optimiser"])
+
+    def weights(self) -> dict[str, np.ndarray]:
+        if self.encoder is not None:  # the encoder's own format, so the encoder can be rebuilt from it
+            return self.encoder.get_state()
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        if self.encoder is not None:
+            self.encoder.set_state(weights)
+            self.net = self.encoder.backbone_.to(self.device)
+            return
+        self.net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})

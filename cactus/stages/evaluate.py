@@ -1,0 +1,194 @@
+"""Few-shot evaluation on tasks built from the true labels of the held-out (test) classes.
+
+Every learner is scored on the same tasks for the same seed: accuracy over ``num_tasks``
+tasks with the half-width of its 95% normal confidence interval. A meta artifact is evaluated
+with its own learner (ProtoNets / MAML); an embed artifact with an embedding learner (knn,
+linear, mlp, ridge); a cluster artifact with cluster matching. ``benchmark="omniglot-lake-runs"``
+scores Lake et al.'s 20 original 20-way 1-shot runs instead.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cactus.core.artifact_checks import check_rows
+from cactus.core.errors import CactusError
+from cactus.core.store import read_artifact
+from cactus.datasets.dataset import TEST
+from cactus.evaluation.baselines import (
+    EMBEDDING_LEARNERS,
+    accuracy_interval,
+    evaluate_embedding,
+    predict_cluster_matching,
+    predict_knn,
+)
+from cactus.stages.common import check_fingerprint, data_of
+from cactus.task_sampling import sample_tasks
+
+META_LEARNERS = ("protonets", "maml")
+LEARNERS = META_LEARNERS + EMBEDDING_LEARNERS
+BENCHMARKS = ("tasks", "omniglot-lake-runs")
+
+
+def _choose_learner(artifact, learner: str | None) -> str:
+    if artifact.stage == "meta":
+        algo = artifact.config.get("learner", {}).get("algo")
+        if learner not in (None, algo):
+            raise CactusError(f"--learner {learner}: {artifact.path} holds a {algo} learner")
+        return algo
+    if artifact.stage == "embed":
+        learner = learner or "knn"
+        if learner not in EMBEDDING_LEARNERS or learner == "cluster-matching":
+            raise CactusError(f"--learner {learner}: an embedding artifact takes knn, linear, mlp or ridge")
+        return learner
+    if artifact.stage == "cluster":
+        if learner not in (None, "cluster-matching"):
+            raise CactusError(f"--learner {learner}: a partition artifact takes cluster-matching")
+        return "cluster-matching"
+    raise CactusError(f"{artifact.path}: cannot evaluate a '{artifact.stage}' artifact; give a meta, embed or "
+                      "cluster one")
+
+
+def run_evaluate(
+    artifact_path: Path,
+    learner: str | None = None,
+    ways: list[int] = (5,),
+    shots: list[int] = (1,),
+    queries: int = 5,
+    num_tasks: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int | None = None,
+    embeddings_path: Path | None = None,
+    benchmark: str = "tasks",
+    runs_path: Path | None = None,
+) -> dict:
+    """Evaluate an artifact; returns {"learner", "supervised", "results": [...], ...}."""
+    started = time.monotonic()
+    if benchmark not in BENCHMARKS:
+        raise CactusError(f"--benchmark {benchmark!r}: expected one of {', '.join(BENCHMARKS)}")
+    artifact = read_artifact(artifact_path)
+    learner = _choose_learner(artifact, learner)
+    dataset = data_of(artifact).load()
+    check_fingerprint(artifact, dataset)
+    report = {"artifact": str(artifact_path), "learner": learner,
+              "supervised": bool(artifact.attrs.get("supervised", False)), "data": dataset.spec}
+    if benchmark == "omniglot-lake-runs":
+        report.update(_lake_runs(artifact, learner, dataset, runs_path, device, threads, seed))
+    else:
+        rows = dataset.indices(TEST)
+        if len(rows) == 0:
+            raise CactusError(f"--data {dataset.spec}: the split has no test classes to evaluate on")
+        labels = dataset.true_labels()[rows]
+        report["results"] = [
+            _one_setting(artifact, learner, dataset, rows, labels, n_way, k_shot, queries, num_tasks, seed, device,
+                         threads, embeddings_path)
+            for n_way in ways for k_shot in shots
+        ]
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def _one_setting(artifact, learner, dataset, rows, labels, ways, shots, queries, num_tasks, seed, device, threads,
+                 embeddings_path) -> dict:
+    if artifact.stage == "embed":
+        embeddings = artifact.array("embeddings")
+        if embeddings.shape[0] != len(dataset) or not np.isfinite(embeddings[rows]).all():
+            raise CactusError(f"{artifact.path}: embeddings do not cover the {len(dataset)} images or hold NaN")
+        return evaluate_embedding(embeddings[rows], labels, learner, ways, shots, queries, num_tasks, seed)
+    tasks = sample_tasks(labels[None], rows, ways, shots, queries, num_tasks, seed, "test split")
+    if artifact.stage == "cluster":
+        per_task = _cluster_matching(artifact, embeddings_path, tasks, seed)
+    else:
+        learner_obj, torch_device = _meta_learner(artifact, dataset, ways, device, threads, seed)
+        from cactus.learners.train import TaskBatches, accuracy_on
+
+        per_task = accuracy_on(learner_obj, TaskBatches(dataset.images, tasks, torch_device), np.arange(num_tasks))
+    mean, half = accuracy_interval(per_task)
+    return {"learner": learner, "ways": ways, "shots": shots, "queries": queries, "tasks": num_tasks,
+            "accuracy": mean, "ci95": half}
+
+
+def _meta_learner(artifact, dataset, ways: int, device: str, threads: int | None, seed: int):
+    from cactus.core.device import resolve_device
+    from cactus.learners.registry import build_learner
+
+    config = artifact.config["learner"]
+    if config["algo"] == "maml" and ways > int(config["ways"]):
+        raise CactusError(f"--ways {ways}: this MAML learner was meta-trained with a {config['ways']}-way head")
+    torch_device = resolve_device(device, threads)
+    weights = artifact.group("weights")
+    learner = build_learner(config, dataset.image_shape, torch_device, seed, weights if "encoder" in config else None)
+    try:
+        learner.load_weights(weights)
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CactusError(f"{artifact.path}: stored weights do not fit the learner ({first})") from None
+    return learner, torch_device
+
+
+def _partition_centroids(artifact, embeddings_path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every image (N, D) and the centroids (k, D) of partition 0 (the raw embedding)."""
+    if embeddings_path is None:
+        raise CactusError("--learner cluster-matching: also give --embeddings (the embed artifact clustered)")
+    embedded = read_artifact(embeddings_path, stage="embed")
+    if embedded.key not in artifact.inputs:
+        raise CactusError(f"--embeddings {embeddings_path}: not the embedding {artifact.path} was clustered from")
+    embeddings, labels, rows = embedded.array("embeddings"), artifact.array("labels")[0], artifact.array("rows")
+    check_rows(artifact.path, rows, len(embeddings))
+    kept = labels >= 0
+    clusters = np.unique(labels[kept])
+    if len(clusters) == 0:
+        raise CactusError(f"{artifact.path}: partition 0 keeps no cluster (every row is marked dropped)")
+    centroids = np.stack([embeddings[rows[labels == c]].mean(axis=0) for c in clusters])
+    return embeddings, centroids
+
+
+def _cluster_matching(artifact, embeddings_path, tasks, seed: int) -> np.ndarray:
+    """Assign every task image to its nearest partition-0 centroid; match queries to support clusters."""
+    embeddings, centroids = _partition_centroids(artifact, embeddings_path)
+    nearest = lambda idx: predict_knn(centroids[None], np.arange(len(centroids)), embeddings[idx])  # noqa: E731
+    support_c = np.concatenate([nearest(tasks.support[i : i + 100]) for i in range(0, len(tasks), 100)])
+    query_c = np.concatenate([nearest(tasks.query[i : i + 100]) for i in range(0, len(tasks), 100)])
+    predicted = predict_cluster_matching(support_c, tasks.support_labels(), query_c, seed)
+    return (predicted == tasks.query_labels()[None]).mean(axis=1) * 100
+
+
+def _lake_runs(artifact, learner, dataset, runs_path, device, threads, seed) -> dict:
+    """Lake et al.'s 20 runs of 20-way 1-shot: error rate per run and overall."""
+    from cactus.evaluation.lake_runs import default_runs_path, error_rates, load_lake_runs
+
+    runs_path = runs_path or default_runs_path(dataset.spec)
+    if runs_path is None:
+        raise CactusError("--benchmark omniglot-lake-runs: give --runs PATH to one_shot_classification_all_runs.zip")
+    if "lake" not in dataset.split_rule:
+        raise CactusError("--benchmark omniglot-lake-runs: its images are evaluation-alphabet characters; train "
+                          "on --split lake so that no test character was seen, unlabelled, in meta-training")
+    runs = load_lake_runs(Path(runs_path), dataset.image_shape[0])
+    if artifact.stage == "meta":
+        import torch
+
+        from cactus.nets import images_to_tensor
+
+        model, torch_device = _meta_learner(artifact, dataset, 20, device, threads, seed)
+
+        def predict(support, support_y, query):
+            with torch.no_grad():
+                return model.predict(images_to_tensor(support[None], torch_device),
+                                     torch.as_tensor(support_y, device=torch_device)[None],
+                                     images_to_tensor(query[None], torch_device))[0].cpu().numpy()
+    elif artifact.stage == "embed":
+        from cactus.stages.embed import load_encoder
+
+        if learner != "knn":
+            raise CactusError(f"--learner {learner}: the lake-runs benchmark takes knn for an embedding")
+        encoder = load_encoder(artifact)
+
+        def predict(support, support_y, query):
+            return predict_knn(encoder.transform(support)[None], support_y, encoder.transform(query)[None])[0]
+    else:
+        raise CactusError("--benchmark omniglot-lake-runs: give a meta or embed artifact")
+    return {"benchmark": "omniglot-lake-runs", "runs": str(runs_path), **error_rates(predict, runs)}

@@ -1,0 +1,55 @@
+"""Named settings for ``cactus run --preset NAME`` and the ``--budget`` that scales them.
+
+A preset fills in every option the user did not give. ``--budget paper`` keeps the paper's
+iteration counts and the encoders' full settings; ``--budget cpu`` scales them so the whole
+pipeline, embedding included, finishes within an hour on a 2-core CPU (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cactus.core.errors import CactusError
+
+OMNIGLOT_DEFAULT = "omniglot:../shared/data/omniglot"
+PAPER_EVAL = {"eval_ways": "5,20", "eval_shots": "1,5", "eval_tasks": 1000, "eval_queries": 5}
+
+# The CACTUs paper's protocol (Hsu, Levine & Finn 2019, from its public code): ACAI embedding,
+# k = 500, P = 100, 20-way 1-shot tasks.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cactus-omniglot": {
+        "data": OMNIGLOT_DEFAULT, "method": "acai", "dim": 256, "clusters": 500, "partitions": 100,
+        "algo": "maml", "ways": 20, "shots": 1, "queries": 5, "meta_batch": 8, "filters": 32,
+        "downsample": "stride", "inner_steps": 5, "test_inner_steps": 50, "inner_lr": 0.05, "meta_lr": 1e-3,
+        **PAPER_EVAL,
+        "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 600, "quick": True}},
+    },
+    "cactus-omniglot-protonets": {
+        "data": OMNIGLOT_DEFAULT, "method": "acai", "dim": 256, "clusters": 500, "partitions": 100,
+        "algo": "protonets", "ways": 20, "shots": 1, "queries": 15, "meta_batch": 1, "filters": 64,
+        "downsample": "pool", "meta_lr": 1e-3, **PAPER_EVAL,
+        "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 2000, "quick": True}},
+    },
+    # Ours: the CACTUs protocol on a contrastive (SimCLR) embedding; ProtoNets fine-tune the
+    # encoder's own backbone on the pseudo-tasks instead of a fresh conv net.
+    "ours-omniglot": {
+        "data": OMNIGLOT_DEFAULT, "method": "contrastive", "dim": 128, "clusters": 500, "partitions": 100,
+        "algo": "protonets", "ways": 20, "shots": 1, "queries": 15, "meta_batch": 1, "init_from_encoder": True,
+        "meta_lr": 1e-4, **PAPER_EVAL,
+        "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 2000, "quick": True}},
+    },
+}
+BUDGETS = ("cpu", "paper")
+
+
+def preset_values(name: str | None, budget: str) -> dict[str, Any]:
+    """The option values a preset sets for a budget (empty without a preset)."""
+    if budget not in BUDGETS:
+        raise CactusError(f"--budget {budget!r}: expected cpu or paper")
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise CactusError(f"--preset {name!r}: expected one of {', '.join(sorted(PRESETS))}")
+    preset = dict(PRESETS[name])
+    scaled = preset.pop("budget")[budget]
+    return {**preset, **scaled}

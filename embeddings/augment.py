@@ -1,10 +1,14 @@
-"""Random image augmentations in plain torch (no torchvision), for contrastive learning.
+"""Random image augmentations in plain torch (no torchvision), batched, for contrastive learning.
 
-All randomness comes from the ``torch.Generator`` passed in, so a seed fixes every view. For
-grey character images: one-pixel stroke-width changes (max-pool dilation / min-pool erosion), one random
-affine warp per image that also does the random resized crop (rotation, anisotropic scale,
-shear, translation), a smooth elastic displacement, and small cutouts. Colour jitter (brightness,
-contrast, saturation) is applied only to 3-channel images.
+All randomness comes from the ``torch.Generator`` passed in (drawn on the CPU, a fixed number of
+draws per batch), so a seed fixes every view on any device. The set is chosen by the images'
+channels, never by a dataset's name (:func:`config_for`):
+
+- 1 channel (strokes, digits; :class:`AugmentConfig`): one-pixel stroke-width changes (max-pool
+  dilation / min-pool erosion), one random affine warp per image that also does the random resized
+  crop (rotation, anisotropic scale, shear, translation), a smooth elastic displacement, small cutouts.
+- 3 channels (photos; :class:`NaturalAugmentConfig`): SimCLR's set -- random resized crop, horizontal
+  flip, colour jitter (brightness, contrast, saturation, hue) and random greyscale.
 """
 
 from __future__ import annotations
@@ -32,6 +36,32 @@ class AugmentConfig:
     p_cutout: float = 0.25
     cutout_size: float = 0.3  # side as a fraction of the image side
     jitter: float = 0.4  # colour images only
+
+
+@dataclass(frozen=True)
+class NaturalAugmentConfig:
+    """SimCLR's augmentations for photos (Chen et al. 2020), as torchvision's transforms define them.
+
+    crop_scale: range of the crop's area as a fraction of the image (MoCo v2's 0.2 rather than
+    SimCLR's 0.08: 84x84 images have few pixels to spare); crop_ratio: range of its aspect ratio.
+    The jitter strengths are torchvision's ColorJitter arguments (hue as a fraction of a full turn),
+    applied with probability ``p_jitter``, in the fixed order brightness, contrast, saturation, hue.
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    p_flip: float = 0.5
+    p_jitter: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    p_grey: float = 0.2
+
+
+def config_for(channels: int) -> AugmentConfig | NaturalAugmentConfig:
+    """The default augmentation set for images with ``channels`` channels: 3 -> photos, else strokes."""
+    return NaturalAugmentConfig() if channels == 3 else AugmentConfig()
 
 
 def _uniform(shape, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -98,13 +128,22 @@ def _colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator)
     return x.clamp(0.0, 1.0)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig | None = None) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator,
+            config: AugmentConfig | NaturalAugmentConfig | None = None) -> torch.Tensor:
     """One random view of each image: (B, C, H, W) float in [0, 1] -> same shape, on x's device.
 
-    Random numbers are drawn on the CPU from ``generator`` and then moved, so CPU and GPU runs
-    with one seed see the same views.
+    Without ``config`` the set follows the channels (:func:`config_for`); a given config picks its
+    own set. Random numbers are drawn on the CPU from ``generator`` and then moved, so CPU and GPU
+    runs with one seed see the same views.
     """
-    config = config or AugmentConfig()
+    config = config or config_for(x.shape[1])
+    if isinstance(config, NaturalAugmentConfig):
+        return natural_augment(x, generator, config)
+    return stroke_augment(x, generator, config)
+
+
+def stroke_augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig) -> torch.Tensor:
+    """The stroke set: (B, C, H, W) float in [0, 1] -> same shape (colour jitter too when C = 3)."""
     device = x.device
     batch, channels, height, width = x.shape
     x = _stroke_width(x, config, generator) if channels == 1 else x
@@ -119,4 +158,81 @@ def augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig |
         x = _colour_jitter(x, config.jitter, generator)
     if config.p_cutout > 0:
         x = _cutout(x, config, generator)
+    return x
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma with ITU-R 601 weights (torchvision's rgb_to_grayscale)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+# RGB <-> YIQ (NTSC): a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
+    """(B,) hue shifts in turns -> (B, 3, 3) RGB -> RGB matrices rotating chroma by 2 pi ``turns``."""
+    angle = turns * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.zeros(len(turns), 3, 3)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    return torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
+
+
+def _crop_and_flip(x: torch.Tensor, config: NaturalAugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random resized crop (area and aspect drawn per image) and horizontal flip, in one resampling."""
+    batch, channels, height, width = x.shape
+    area = _uniform(batch, config.crop_scale[0], config.crop_scale[1], generator)
+    ratio = torch.exp(_uniform(batch, math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1]), generator))
+    crop_w = (area * ratio).sqrt().clamp(max=1.0)  # fraction of the width
+    crop_h = (area / ratio).sqrt().clamp(max=1.0)
+    centre = torch.rand(batch, 2, generator=generator) * 2 - 1  # scaled into the room the crop leaves
+    flip = torch.where(torch.rand(batch, generator=generator) < config.p_flip, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = crop_w * flip
+    theta[:, 1, 1] = crop_h
+    theta[:, 0, 2] = centre[:, 0] * (1 - crop_w)
+    theta[:, 1, 2] = centre[:, 1] * (1 - crop_h)
+    grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False).to(x.device)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _jitter_colours(x: torch.Tensor, config: NaturalAugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's ColorJitter on (B, C, H, W) in [0, 1], for a fraction ``p_jitter`` of the images.
+
+    Brightness scales, contrast blends with the image's mean grey, saturation with its grey image,
+    hue rotates chroma in YIQ space; each result is clipped to [0, 1]. Saturation and hue need C = 3.
+    """
+    batch, channels = x.shape[:2]
+    apply = torch.rand(batch, generator=generator) < config.p_jitter
+    factors = [_uniform(batch, max(0.0, 1 - s), 1 + s, generator)
+               for s in (config.brightness, config.contrast, config.saturation)]
+    turns = _uniform(batch, -config.hue, config.hue, generator)
+    brightness, contrast, saturation = (f.view(-1, 1, 1, 1).to(x.device) for f in factors)
+    out = (x * brightness).clamp(0.0, 1.0)
+    grey = _grey(out) if channels == 3 else out
+    mean = grey.mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean) * contrast + mean).clamp(0.0, 1.0)
+    if channels == 3:
+        grey = _grey(out)
+        out = ((out - grey) * saturation + grey).clamp(0.0, 1.0)
+        matrices = _hue_rotation(turns).to(x.device)
+        out = torch.einsum("bij,bjhw->bihw", matrices, out).clamp(0.0, 1.0)
+    return torch.where(apply.view(-1, 1, 1, 1).to(x.device), out, x)
+
+
+def natural_augment(x: torch.Tensor, generator: torch.Generator, config: NaturalAugmentConfig) -> torch.Tensor:
+    """The photo set: (B, C, H, W) float in [0, 1] -> same shape, on x's device.
+
+    Random resized crop + horizontal flip, colour jitter, then random greyscale (the grey image in
+    all three channels, for a fraction ``p_grey``). Every random number is drawn whether or not it is
+    used, so a batch always takes the same number of draws from ``generator``.
+    """
+    x = _crop_and_flip(x, config, generator)
+    x = _jitter_colours(x, config, generator)
+    to_grey = torch.rand(len(x), generator=generator) < config.p_grey
+    if x.shape[1] == 3:
+        x = torch.where(to_grey.view(-1, 1, 1, 1).to(x.device), _grey(x).expand_as(x), x)
     return x

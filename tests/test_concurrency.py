@@ -118,3 +118,36 @@ def test_threads_take_the_lock_one_at_a_time(tmp_path):
     for thread in threads:
         thread.join()
     assert np.max(overlaps) == 1 and len(overlaps) == 4
+
+
+HOLD_SCRIPT = """
+import sys, time
+from cactus.core.lock import FileLock
+with FileLock(sys.argv[1]):
+    start = time.time()
+    time.sleep(0.3)
+    print(start, time.time(), flush=True)
+"""
+
+
+def test_processes_take_the_lock_one_at_a_time(tmp_path):
+    """Exclusion between processes (separate pids, as jobs on different nodes are): their held spans never overlap."""
+    target = tmp_path / "x.h5"
+    jobs = [subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(target)], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True) for _ in range(3)]
+    spans = sorted(tuple(map(float, job.communicate(timeout=60)[0].split())) for job in jobs)
+    assert [job.returncode for job in jobs] == [0, 0, 0] and len(spans) == 3
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False)), spans
+    assert not lock_path(target).exists()
+
+
+def test_a_lock_that_names_no_owner_is_waited_for_and_the_message_says_so(tmp_path, capsys):
+    """A lock file just created and not yet written (or garbled) is not "process ? on ?"."""
+    from cactus.core.errors import CactusError
+
+    target = tmp_path / "x.h5"
+    lock_path(target).write_text("")
+    with pytest.raises(CactusError, match="still locked"):
+        FileLock(target, stale_after_s=60).acquire(timeout_s=0.5)
+    err = capsys.readouterr().err
+    assert "being written by another job (its lock file does not name its owner yet)" in err and "?" not in err

@@ -1,5 +1,15 @@
 """Lock files beside artifacts, so that concurrent jobs never write the same file twice.
 
+Why not ``fcntl``/``flock`` (or the ``filelock`` package's default lock, built on them): cactus runs
+as batch jobs on HPC clusters, where two jobs writing one artifact usually sit on different nodes
+sharing an NFS or Lustre folder. There ``flock`` is local to a node or silently a no-op, and
+``fcntl`` locks depend on a lock daemon and the mount options; a node that dies holding one can
+leave it held with nobody able to tell. An ``O_EXCL`` lock file works on every shared file system
+cactus meets, and, written with its owner's host and pid, lets a waiter say who it waits for and
+take over the lock of a job that died (tests/test_concurrency.py: exclusion between processes,
+takeover from a dead pid, takeover from another host after ``stale_after_s``, no takeover of a
+live one).
+
 ``out.h5.lock`` is created with ``O_CREAT | O_EXCL`` and holds one JSON line: pid, hostname,
 creation time and a random token. The holder refreshes its modification time every
 ``REFRESH_S`` seconds from a daemon thread. A waiter takes the lock over when it is stale:
@@ -23,6 +33,7 @@ import time
 from pathlib import Path
 
 from cactus.core import log
+from cactus.core.atomic import os_reason
 from cactus.core.errors import CactusError
 
 REFRESH_S = 30.0
@@ -63,6 +74,14 @@ def read_holder(path: Path) -> dict | None:
     return holder if isinstance(holder, dict) else {}
 
 
+def owner(holder: dict) -> str:
+    """Who holds a lock, as far as its file says: "process 12 on node7", or that it does not say."""
+    pid, host = holder.get("pid"), holder.get("host")
+    if isinstance(pid, int) and isinstance(host, str) and host:
+        return f"process {pid} on {host}"
+    return "another job (its lock file does not name its owner yet)"
+
+
 def stale_reason(path: Path, holder: dict, stale_after_s: float) -> str | None:
     """Why the lock at ``path`` may be taken over, or None when its holder looks alive."""
     try:
@@ -98,10 +117,14 @@ class FileLock:
         except FileExistsError:
             return False
         except OSError as error:
-            raise CactusError(f"{self.path}: cannot create lock file ({error.strerror})") from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
-                       "token": self.token}, handle)
+            raise CactusError(f"{self.path}: cannot create lock file ({os_reason(error)})") from None
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+                           "token": self.token}, handle)
+        except OSError as error:  # a full disk: the empty lock file must not stay behind
+            self.path.unlink(missing_ok=True)
+            raise CactusError(f"{self.path}: cannot create lock file ({os_reason(error)})") from None
         return True
 
     def _break(self, holder: dict, reason: str) -> None:
@@ -138,8 +161,7 @@ class FileLock:
                 self._break(holder, reason)
                 continue
             if not announced:
-                who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
-                log.info(f"{self.target}: being written by {who}; waiting for it (lock {self.path})")
+                log.info(f"{self.target}: being written by {owner(holder)}; waiting for it (lock {self.path})")
                 announced = True
             self.waited = True
             if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -193,10 +215,6 @@ def release(target: Path) -> None:
     lock = _held.pop(Path(target).absolute(), None)
     if lock is not None:
         lock.release()
-
-
-def holds(target: Path) -> bool:
-    return Path(target).absolute() in _held
 
 
 @atexit.register

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cactus.core.distributed import World
-from embeddings.checkpointing import TrainingState, current_session
+from embeddings.fit_state import TrainingState, current_session
 
 if TYPE_CHECKING:
     import torch

@@ -7,8 +7,10 @@ Stable API (other encoders import these names):
 - :func:`batch_order` -- shuffled mini-batch index arrays for one epoch, from a numpy generator.
 - :func:`to_tensor` -- uint8 images (B, H, W, C) numpy -> float (B, C, H, W) in [0, 1] on a device.
 - :func:`train_epochs` -- the fit loop: a progress bar over every step, the loss beside it,
-  per-epoch mean losses returned; checkpoints / resume (:mod:`embeddings.checkpointing`) and
+  per-epoch mean losses returned; checkpoints / resume (:mod:`cactus.core.training`) and
   data-parallel ranks (:mod:`embeddings.parallel`) when the encoder hands it a ``TrainingState``.
+- :class:`TrainingState` -- what an encoder's fit must save to continue exactly
+  (:mod:`embeddings.fit_state`).
 - :func:`embed_in_batches` -- apply a function to all images in batches under ``no_grad``.
 - :func:`module_state` / :func:`load_module_state` -- ``nn.Module`` <-> ``dict[str, np.ndarray]``
   (the form ``Encoder.get_state`` returns and the HDF5 artifact stores).
@@ -22,15 +24,16 @@ one seed gives the same weights on CPU (same thread count).
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cactus.core import log
 from cactus.core.errors import CactusError
+from embeddings.fit_state import TrainingState
 
 if TYPE_CHECKING:
-    from embeddings.checkpointing import Position, TrainingState
+    from embeddings.fit_state import Position
 
 
 def check_options(**options: Any) -> None:
@@ -103,34 +106,56 @@ def train_epochs(
     on_epoch_start(epoch) runs before an epoch's order is drawn (DeepCluster's re-clustering);
     on_epoch(epoch, mean_loss) after each epoch. Returns the mean loss of each epoch.
 
-    ``state`` (what the encoder must save, :class:`embeddings.checkpointing.TrainingState`) turns on
-    the checkpoints of the current :class:`~embeddings.checkpointing.FitSession`: every
-    ``every_s`` seconds and on SIGTERM / SIGINT (then :class:`cactus.core.checkpoint.Stopped` is raised),
-    and ``--resume`` continues from the last one to the result of an uninterrupted fit.
+    ``state`` (what the encoder must save, :class:`embeddings.fit_state.TrainingState`) turns on the
+    checkpoints of the policy of the running fit (:func:`embeddings.fit_state.fit_session`): every
+    ``every_s`` seconds and on SIGTERM / SIGINT (then :class:`cactus.core.training.Stopped` is
+    raised), and ``--resume`` continues from the last one to the result of an uninterrupted fit.
     """
-    from embeddings import checkpointing, parallel
+    from cactus.core.progress import Progress
+    from cactus.core.training import CheckpointPolicy
+    from embeddings import parallel
+    from embeddings.fit_state import Position, current_session
 
-    session = checkpointing.current_session()
+    session = current_session()
     steps_per_epoch = len(batch_order(n, batch_size, np.random.default_rng(0), drop_last))
     if session.world.distributed and min(batch_size, n) % session.world.size:
         raise CactusError(f"--batch-size {min(batch_size, n)}: not divisible by the {session.world.size} processes "
                           "of this distributed run; use a multiple of the world size")
-    position = (checkpointing.restore(session, state) if state is not None else None) or checkpointing.Position()
+    policy = session if state is not None else CheckpointPolicy(world=session.world)  # nothing to save: no checkpoints
+    position = Position()
+
+    def load(saved: dict) -> None:
+        nonlocal position
+        position = Position.restore(saved, state, steps_per_epoch)
+
+    total = epochs * steps_per_epoch
+    if policy.restore("encoder", total, lambda s: int(s["epoch"]) * steps_per_epoch + int(s["step"]), load):
+        log.info(f"embed: resuming from {policy.path} at epoch {position.epoch + 1}, step {position.step}")
     hooks = parallel.start(state) if state is not None else []
     done = position.epoch * steps_per_epoch + position.step
-    loop = _FitLoop(step, session, state, position, description, done, epochs * steps_per_epoch)
+    progress = Progress(range(done, total), total - done, description)
+    ticks = iter(progress)
     try:
-        with _stop_signals(session, state) as stop:
-            loop.stop = stop
+        with policy.running(lambda: position.checkpoint(state)) as checkpoints:
             for epoch in range(position.epoch, epochs):
                 batches = _epoch_batches(n, batch_size, rng, drop_last, epoch, position, on_epoch_start)
-                loop.run_epoch(epoch, batches, position.step)
+                for index in range(position.step, len(batches)):
+                    next(ticks)
+                    loss = float(step(batches[index]))
+                    if not np.isfinite(loss):
+                        raise CactusError(f"{description}: the loss became {loss} at epoch {epoch + 1}; lower --lr")
+                    position.total += loss
+                    position.count += 1
+                    position.step = index + 1
+                    done += 1
+                    progress.set(epoch=epoch + 1, loss=position.total / position.count)
+                    checkpoints.after_step(done)
                 position.losses.append(position.total / max(position.count, 1))
                 position.total, position.count = 0.0, 0
                 if on_epoch is not None:
                     on_epoch(epoch, position.losses[-1])
     finally:
-        loop.close()
+        ticks.close()
         for hook in hooks:
             hook.remove()
     return position.losses
@@ -139,7 +164,7 @@ def train_epochs(
 def _epoch_batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool, epoch: int,
                    position: Position, on_epoch_start: Callable[[int], None] | None) -> list[np.ndarray]:
     """The epoch's batches; for the epoch a checkpoint stopped in, the same order again (from its saved rng)."""
-    from embeddings.checkpointing import rng_state
+    from embeddings.fit_state import rng_state
 
     if epoch == position.epoch and position.epoch_rng is not None:
         rng.bit_generator.state = position.epoch_rng
@@ -149,68 +174,6 @@ def _epoch_batches(n: int, batch_size: int, rng: np.random.Generator, drop_last:
         position.epoch, position.step = epoch, 0
         position.epoch_rng = rng_state(rng)
     return batch_order(n, batch_size, rng, drop_last)
-
-
-class _FitLoop:
-    """The steps of :func:`train_epochs`: progress, loss checks, periodic and requested checkpoints."""
-
-    def __init__(self, step, session, state, position, description: str, done: int, total: int) -> None:
-        import time
-
-        from cactus.core.progress import Progress
-
-        self.step, self.session, self.state, self.position = step, session, state, position
-        self.description, self.done = description, done
-        self.stop = None
-        self.last_save = time.monotonic()
-        self.progress = Progress(range(done, total), total - done, description)
-        self.ticks = iter(self.progress)
-
-    def run_epoch(self, epoch: int, batches: list[np.ndarray], skip: int) -> None:
-        for index in range(skip, len(batches)):
-            next(self.ticks)
-            loss = float(self.step(batches[index]))
-            if not np.isfinite(loss):
-                raise CactusError(f"{self.description}: the loss became {loss} at epoch {epoch + 1}; lower --lr")
-            self.position.total += loss
-            self.position.count += 1
-            self.position.step = index + 1
-            self.done += 1
-            self.progress.set(epoch=epoch + 1, loss=self.position.total / self.position.count)
-            self.after_step()
-
-    def after_step(self) -> None:
-        """Save and raise Stopped when a stop was asked for; save when the interval has passed."""
-        import time
-
-        from cactus.core import distributed
-        from cactus.core.checkpoint import Stopped
-        from embeddings.checkpointing import save
-
-        if self.state is None or self.session.checkpoint is None:
-            return
-        requested = self.stop.requested or self.done == self.session.stop_after_steps
-        if distributed.any_rank(requested) if self.session.world.distributed else requested:
-            save(self.session, self.position, self.state)
-            raise Stopped(self.stop.signal_name or "SIGTERM", self.session.checkpoint, self.done)
-        if time.monotonic() - self.last_save >= self.session.every_s:
-            save(self.session, self.position, self.state)
-            self.last_save = time.monotonic()
-
-    def close(self) -> None:
-        self.ticks.close()
-
-
-@contextmanager
-def _stop_signals(session, state):
-    """SIGTERM / SIGINT become a flag while a checkpointed fit runs; otherwise a flag never set."""
-    from cactus.core.checkpoint import StopFlag, catch_stop_signals
-
-    if state is None or session.checkpoint is None:
-        yield StopFlag()
-        return
-    with catch_stop_signals() as flag:
-        yield flag
 
 
 def embed_in_batches(

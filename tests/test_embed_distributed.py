@@ -52,9 +52,11 @@ def test_encoders_that_cannot_split_exactly_refuse_several_processes(method, tmp
 def test_a_batch_that_does_not_split_over_the_ranks_is_a_clear_error():
     from cactus.core.distributed import World
     from cactus.core.errors import CactusError
+    from cactus.core.training import CheckpointPolicy
     from embeddings.acai import ACAIEncoder
-    from embeddings.checkpointing import FitSession, fit_session
+    from embeddings.fit_state import fit_session
 
     images = np.zeros((40, 8, 8, 1), dtype=np.uint8)
-    with fit_session(FitSession(world=World(0, 2))), pytest.raises(CactusError, match="--batch-size 15: not divis"):
+    two_ranks = CheckpointPolicy(world=World(0, 2))
+    with fit_session(two_ranks), pytest.raises(CactusError, match="--batch-size 15: not divis"):
         ACAIEncoder(dim=16, width=4, epochs=1, batch_size=15, device="cpu").fit(images)

@@ -45,23 +45,45 @@ def learned(encoder) -> dict[str, list[float]]:
     return {name: list(getattr(encoder, name)) for name in names if hasattr(encoder, name)}
 
 
+def sigterm_after(steps: int, monkeypatch) -> None:
+    """Deliver a real SIGTERM to this process once ``steps`` steps (counted from the start of training) ran."""
+    from cactus.core.training import CheckpointLoop
+
+    after_step = CheckpointLoop.after_step
+
+    def signalling(self, done: int) -> None:
+        if done == steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        after_step(self, done)
+
+    monkeypatch.setattr(CheckpointLoop, "after_step", signalling)
+
+
+def policy(checkpoint, **options):
+    from cactus.core.training import CheckpointPolicy
+
+    return CheckpointPolicy(checkpoint, "k", **options)
+
+
 @pytest.mark.parametrize("stop_after", [3, 6, 8])
 @pytest.mark.parametrize("method", sorted(ENCODERS))
-def test_fit_stopped_then_resumed_equals_an_uninterrupted_fit(method, stop_after, images, tmp_path):
+def test_fit_stopped_then_resumed_equals_an_uninterrupted_fit(method, stop_after, images, tmp_path, monkeypatch):
     import torch
 
-    from cactus.core.checkpoint import Stopped
-    from embeddings.checkpointing import FitSession, fit_session
+    from cactus.core.training import Stopped
+    from embeddings.fit_state import fit_session
 
     full = make(method).fit(images)
     checkpoint = tmp_path / "e.h5.ckpt"
-    with fit_session(FitSession(checkpoint, "k", stop_after_steps=stop_after)), pytest.raises(Stopped) as stopped:
-        make(method).fit(images)
+    with monkeypatch.context() as patch:
+        sigterm_after(stop_after, patch)
+        with fit_session(policy(checkpoint, every_s=1e9)), pytest.raises(Stopped) as stopped:
+            make(method).fit(images)
     assert stopped.value.exit_code == 143
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["epoch"] * (STEPS // 2) + saved["step"] == stop_after
     torch.manual_seed(123)  # the resumed fit must not depend on the RNG state it starts with
-    with fit_session(FitSession(checkpoint, "k", resume=True)):
+    with fit_session(policy(checkpoint, resume=True)):
         resumed = make(method).fit(images)
     np.testing.assert_array_equal(resumed.transform(images), full.transform(images))
     assert learned(resumed) == learned(full)
@@ -69,26 +91,47 @@ def test_fit_stopped_then_resumed_equals_an_uninterrupted_fit(method, stop_after
 
 
 def test_a_fit_without_the_stop_never_touches_the_checkpoint(images, tmp_path):
-    from embeddings.checkpointing import FitSession, fit_session
+    from embeddings.fit_state import fit_session
 
-    with fit_session(FitSession(tmp_path / "e.h5.ckpt", "k", every_s=1e9)):
+    with fit_session(policy(tmp_path / "e.h5.ckpt", every_s=1e9)):
         make("acai").fit(images)
     assert not (tmp_path / "e.h5.ckpt").exists()
-    with fit_session(FitSession(tmp_path / "e.h5.ckpt", "k", every_s=0.0)):
+    with fit_session(policy(tmp_path / "e.h5.ckpt", every_s=0.0)):
         make("acai").fit(images)
     assert (tmp_path / "e.h5.ckpt").exists()  # every_s 0: saved after every step
 
 
-def test_resume_refuses_a_checkpoint_of_another_encoder(images, tmp_path):
-    from cactus.core.checkpoint import Stopped
+def test_resume_refuses_a_checkpoint_of_another_encoder(images, tmp_path, monkeypatch):
     from cactus.core.errors import CactusError
-    from embeddings.checkpointing import FitSession, fit_session
+    from cactus.core.training import Stopped
+    from embeddings.fit_state import fit_session
 
     checkpoint = tmp_path / "e.h5.ckpt"
-    with fit_session(FitSession(checkpoint, "k", stop_after_steps=2)), pytest.raises(Stopped):
-        make("acai").fit(images)
-    with fit_session(FitSession(checkpoint, "k", resume=True)), pytest.raises(CactusError, match="does not fit"):
+    with monkeypatch.context() as patch:
+        sigterm_after(2, patch)
+        with fit_session(policy(checkpoint)), pytest.raises(Stopped):
+            make("acai").fit(images)
+    with fit_session(policy(checkpoint, resume=True)), pytest.raises(CactusError, match="does not fit"):
         make("infogan").fit(images)
+
+
+@pytest.mark.parametrize("epoch, step, reason", [(0, 7, "step 7 of an epoch of 6"),
+                                                 (10**6, 0, "at step 6000000 is outside \\[0, 12\\]"),
+                                                 (-100, 0, "at step -600 is outside \\[0, 12\\]")])
+def test_resume_refuses_a_position_outside_the_fit(epoch, step, reason, images, tmp_path):
+    import torch
+
+    from cactus.core.errors import CactusError
+    from embeddings.fit_state import fit_session
+
+    checkpoint = tmp_path / "e.h5.ckpt"
+    with fit_session(policy(checkpoint, every_s=0.0)):
+        make("acai").fit(images)
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save({**saved, "epoch": epoch, "step": step}, checkpoint)
+    with fit_session(policy(checkpoint, resume=True)), pytest.raises(CactusError, match=reason) as refused:
+        make("acai").fit(images)
+    assert str(refused.value).startswith(f"{checkpoint}: checkpoint") and "\n" not in str(refused.value)
 
 
 def embed_args(out) -> list[str]:
@@ -144,7 +187,7 @@ def test_embed_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tmp_p
 
 
 def test_embed_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
-    from cactus.core.checkpoint import save_checkpoint
+    from cactus.core.training import save_checkpoint
 
     save_checkpoint(tmp_path / "e.h5.ckpt", {"key": "0" * 64, "epoch": 0, "step": 3})
     result = cli(*embed_args(tmp_path / "e.h5"), "--resume")

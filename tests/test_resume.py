@@ -93,7 +93,7 @@ def test_meta_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tasks_
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tasks_file, tmp_path):
-    from cactus.core.checkpoint import save_checkpoint
+    from cactus.core.training import save_checkpoint
 
     save_checkpoint(tmp_path / "learner.h5.ckpt", {"key": "0" * 64, "iteration": 3})
     result = cli("meta", str(tasks_file), "-o", str(tmp_path / "learner.h5"), *META, "--resume")
@@ -106,3 +106,30 @@ def test_resume_reports_a_corrupt_checkpoint_by_name(tasks_file, tmp_path):
     result = cli("meta", str(tasks_file), "-o", str(tmp_path / "learner.h5"), *META, "--resume")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "learner.h5.ckpt: unreadable checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_resume_refuses_a_malformed_checkpoint_in_one_line(tasks_file, tmp_path):
+    """A checkpoint of this configuration whose fields are missing or whose iteration is outside [0, 60]."""
+    import torch
+
+    from cactus.core.training import save_checkpoint
+
+    out, checkpoint = tmp_path / "learner.h5", tmp_path / "learner.h5.ckpt"
+    args = ["meta", str(tasks_file), "-o", str(out), *META, "--checkpoint-every", "0", "--iterations", "2"]
+    assert cli(*args).returncode == 0
+    key = read(out).key  # --iterations is part of the key: write checkpoints for 2 iterations
+    out.unlink()
+    good = {"key": key, "iteration": 1, "learner": {"net": {}, "optimiser": {}}, "curves": {}, "window": [],
+            "torch_rng": {"cpu": torch.get_rng_state()}}
+    cases = {"at step 1000000 is outside [0, 2]": {**good, "iteration": 10**6},
+             "at step -100 is outside [0, 2]": {**good, "iteration": -100},
+             "does not fit this meta-learner (no field 'iteration')": {"key": key},
+             "does not fit this meta-learner (no field 'learner')": {"key": key, "iteration": 1},
+             "does not fit this meta-learner (no field 'net')": {**good, "learner": {}}}
+    for reason, state in cases.items():
+        save_checkpoint(checkpoint, state)
+        result = cli(*args, "--resume")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1] == f"cactus: error: {checkpoint}: checkpoint {reason}; delete it to start over", lines
+        assert not out.exists()

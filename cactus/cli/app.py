@@ -17,7 +17,7 @@ class CactusGroup(click.Group):
     """Turns user errors into one line on stderr and a non-zero exit code, never a traceback."""
 
     def invoke(self, ctx):
-        from cactus.core.checkpoint import Stopped
+        from cactus.core.training import Stopped
 
         try:
             return super().invoke(ctx)

@@ -6,7 +6,6 @@ function of the iteration and a resumed run sees exactly the tasks an uninterrup
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,9 @@ import numpy as np
 import torch
 
 from cactus.core import log
-from cactus.core.checkpoint import Stopped, catch_stop_signals, load_checkpoint, save_checkpoint
-from cactus.core.errors import CactusError
+from cactus.core.distributed import World
 from cactus.core.progress import Progress
+from cactus.core.training import CheckpointPolicy, set_torch_rng_states, torch_rng_states
 from cactus.task_sampling import TaskSet
 
 
@@ -90,49 +89,49 @@ def meta_train(
     validate: Callable[[], float] | None = None,
     validate_every: int = 500,
     log_every: int = 10,
-    world=None,
+    world: World | None = None,
 ) -> Curves:
     """Run ``iterations`` meta-updates of ``meta_batch`` tasks each, drawn in order from ``train_ids``.
 
-    ``world`` (a :class:`cactus.core.distributed.World` of several ranks): this rank trains on its
-    share of each meta-batch, gradients are averaged over the ranks before each optimiser step,
-    and only rank 0 validates and saves checkpoints; the curves are rank 0's (losses averaged).
+    Checkpoints go to ``checkpoint`` every ``checkpoint_every_s`` seconds and on SIGTERM / SIGINT
+    (then :class:`cactus.core.training.Stopped` is raised); ``resume`` continues from it (``key``:
+    the artifact's, a checkpoint of another configuration is refused). ``world`` (a
+    :class:`cactus.core.distributed.World` of several ranks): this rank trains on its share of each
+    meta-batch, gradients are averaged over the ranks before each optimiser step, and only rank 0
+    validates and saves checkpoints; the curves are rank 0's (losses averaged).
     """
     from cactus.core import distributed
 
-    world = world or distributed.World()
+    world = world or World()
+    checkpoints = CheckpointPolicy(checkpoint, key, resume, checkpoint_every_s, world)
     share = distributed.split_batch(meta_batch, world)
     curves = Curves()
-    start = 0
     window: list[tuple[float, float]] = []
-    if resume:
-        state = load_checkpoint(checkpoint, key)
-        if world.distributed and distributed.broadcast_flag(state is not None) != (state is not None):
-            raise CactusError(f"{checkpoint}: rank {world.rank} does not see rank 0's checkpoint; "
-                              "--resume needs a file system shared by the ranks")
-        if state is not None:
-            learner.load_state_dict(state["learner"])
-            curves = Curves(**state["curves"])
-            start = int(state["iteration"])
-            window = [tuple(pair) for pair in state["window"]]
-            torch.set_rng_state(state["torch_rng"])
-            log.info(f"meta: resuming from {checkpoint} at iteration {start}")
 
-    def save(iteration: int) -> None:
-        if not world.is_main:
-            return
-        save_checkpoint(checkpoint, {"key": key, "iteration": iteration, "learner": learner.state_dict(),
-                                     "curves": vars(curves), "window": [list(p) for p in window],
-                                     "torch_rng": torch.get_rng_state()})
+    def load(saved: dict) -> None:
+        nonlocal curves
+        learner.load_state_dict(saved["learner"])
+        curves = Curves(**saved["curves"])
+        window[:] = [(float(loss), float(acc)) for loss, acc in saved["window"]]
+        set_torch_rng_states(saved["torch_rng"])
+
+    saved = checkpoints.restore("meta-learner", iterations, lambda s: int(s["iteration"]), load)
+    start = int(saved["iteration"]) if saved is not None else 0
+    if saved is not None:
+        log.info(f"meta: resuming from {checkpoints.path} at iteration {start}")
+    done = start
+
+    def state() -> dict:
+        return {"iteration": done, "learner": learner.state_dict(), "curves": vars(curves),
+                "window": [list(p) for p in window], "torch_rng": torch_rng_states()}
 
     hook = None
     if world.distributed:
         parameters = [p for group in learner.optimiser.param_groups for p in group["params"]]
         distributed.broadcast_module_state(parameters)
         hook = distributed.reduce_gradients_before_step(learner.optimiser)
-    last_save = time.monotonic()
     progress = Progress(range(start, iterations), iterations - start, "meta")
-    with catch_stop_signals() as stop:
+    with checkpoints.running(state) as loop:
         for iteration in progress:
             ids = train_ids[(iteration * meta_batch + np.arange(meta_batch)) % len(train_ids)][share]
             figures = learner.meta_step(*batches.batch(ids))
@@ -152,12 +151,7 @@ def meta_train(
                 curves.val_iteration.append(done)
                 curves.val_accuracy.append(float(validate()))
                 progress.set(val=curves.val_accuracy[-1])
-            if distributed.any_rank(stop.requested) if world.distributed else stop.requested:
-                save(done)
-                raise Stopped(stop.signal_name or "SIGTERM", checkpoint, done)
-            if time.monotonic() - last_save >= checkpoint_every_s:
-                save(done)
-                last_save = time.monotonic()
+            loop.after_step(done)
     if hook is not None:
         hook.remove()
     return curves

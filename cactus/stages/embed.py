@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from cactus.core import log
-from cactus.core.checkpoint import checkpoint_path
 from cactus.core.errors import CactusError
 from cactus.core.store import read_artifact, write_artifact
+from cactus.core.training import CheckpointPolicy, checkpoint_path
 from cactus.stages.common import DataRef, StageResult, up_to_date
-from embeddings.checkpointing import FitSession, fit_session
+from embeddings.fit_state import fit_session
 
 STAGE = "embed"
 
@@ -76,7 +76,7 @@ def run_embed(
         fit_start = time.monotonic()
         if reads_rows:
             encoder.transform_rows(dataset.indices(0), dataset_size=len(dataset))
-        session = FitSession(checkpoint_path(out), key, resume, checkpoint_every_s, world)
+        session = CheckpointPolicy(checkpoint_path(out), key, resume, checkpoint_every_s, world)
         with fit_session(session):
             encoder.fit(train_images)
         fit_seconds = time.monotonic() - fit_start

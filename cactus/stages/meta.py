@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from cactus.core import log
-from cactus.core.checkpoint import checkpoint_path
 from cactus.core.errors import CactusError
 from cactus.core.store import write_artifact
+from cactus.core.training import checkpoint_path
 from cactus.datasets.dataset import TRAIN, VAL
 from cactus.stages.common import DataRef, StageResult, check_fingerprint, data_of, up_to_date
 

@@ -8,12 +8,14 @@ file), 5 inner steps at lr 0.05, second order (first order with ``--first-order`
 bench/results/maml_speed_first_order.json), one Adam step per meta-step, in two settings:
 5-way 1-shot with 15 queries per class and 20-way 1-shot with 5 queries per class. Variants:
 
-- ``loop``: :func:`cactus.learners.maml_reference.maml_reference_meta_gradient` (one task at a time,
+- ``loop``: :func:`tests.reference_maml.maml_reference_meta_gradient` (one task at a time,
   differentiating through the unrolled inner loop, as learn2learn's ``clone()``/``adapt()``),
   gradients handed to Adam;
-- ``vmap``: ``MAML(batching="vmap")``, the per-task function mapped with ``torch.func.vmap``;
-- ``folded``: ``MAML(batching="folded")`` (the default), the task axis folded into the conv groups,
-  every inner loop at once, then the query sets scored 2 tasks at a time (the CPU default);
+- ``vmap``: :func:`bench.maml_vmap.vmap_meta_gradient`, the per-task function mapped with
+  ``torch.func.vmap``, gradients handed to Adam;
+- ``folded``: ``cactus.learners.maml.MAML`` as ``cactus meta --algo maml`` runs it (the task axis
+  folded into the conv groups, every inner loop at once, then the query sets scored 2 tasks at a
+  time, the CPU default);
 - ``folded_qall``: the same with all 8 query sets at once (``query_chunk=8``, the default on a GPU);
 - ``folded_q1``: the same with ``query_chunk=1`` (every inner loop at once, then the query sets
   scored one task at a time: less memory);
@@ -62,7 +64,7 @@ META_BATCH, INNER_STEPS, INNER_LR, FILTERS = 8, 5, 0.05, 32
 VARIANTS = ("loop", "vmap", "folded", "folded_qall", "folded_q1", "folded_c2", "folded_rc", "folded_rc_q1",
             "shared_batch")
 NOT_MAML = ("shared_batch",)  # a bound, not a meta-gradient: its losses are not compared
-STOCK_NET = ("loop", "shared_batch")  # variants that run the stock ConvNet with their own gradient function
+OWN_GRADIENT = ("loop", "vmap", "shared_batch")  # variants that run a ConvNet copy with their own gradient function
 QUERY_CHUNK = {"folded_qall": META_BATCH, "folded_q1": 1, "folded_rc_q1": 1}
 
 
@@ -158,27 +160,30 @@ def make_meta_step(variant: str, setting: str, data: dict, first_order: bool):
     """One variant's meta-step on the saved batches: a function of the batch index returning the loss."""
     import torch
 
+    from bench.maml_vmap import vmap_meta_gradient, vmap_safe
     from cactus.learners.maml import MAML
-    from cactus.learners.maml_reference import maml_reference_meta_gradient
     from cactus.nets import ConvNet
+    from tests.reference_maml import maml_reference_meta_gradient
 
     ways = SETTINGS[setting][0]
     learner = MAML(1, 28, ways, filters=FILTERS, downsample="stride", inner_steps=INNER_STEPS,
-                   inner_lr=INNER_LR, batching="vmap" if variant == "vmap" else "folded", seed=0,
-                   first_order=first_order,
+                   inner_lr=INNER_LR, seed=0, first_order=first_order,
                    task_chunk=2 if variant == "folded_c2" else None,
                    query_chunk=QUERY_CHUNK.get(variant),
                    recompute=variant.startswith("folded_rc"))
-    if variant in STOCK_NET:  # the stock ConvNet (fused batch norm), same initial weights, its own Adam
+    if variant in OWN_GRADIENT:  # a copy of the stock ConvNet, same initial weights, its own Adam
         net = ConvNet(1, 28, FILTERS, ways, "stride")
         net.load_state_dict(learner.net.state_dict())
         optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
-        gradient = maml_reference_meta_gradient if variant == "loop" else shared_batch_meta_gradient
+        gradient = {"loop": maml_reference_meta_gradient, "vmap": vmap_meta_gradient,
+                    "shared_batch": shared_batch_meta_gradient}[variant]
+        if variant == "vmap":
+            vmap_safe(net)  # batch norm written out: the fused one's second derivative is wrong under vmap
         del learner
 
     def meta_step(i: int) -> float:
         batch = [data[k][i % len(data[k])] for k in ("support_x", "support_y", "query_x", "query_y")]
-        if variant not in STOCK_NET:
+        if variant not in OWN_GRADIENT:
             return learner.meta_step(*batch)["loss"]
         loss, grads = gradient(net, *batch, INNER_STEPS, INNER_LR, first_order)
         for name, p in net.named_parameters():

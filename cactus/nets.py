@@ -1,7 +1,7 @@
 """The standard 4-layer conv net of few-shot learning (Vinyals et al. 2016; Finn et al. 2017).
 
-Each block: 3x3 conv -> batch norm (no running statistics, so it behaves the same in training
-and at test and works under ``torch.func.vmap``) -> ReLU -> 2x2 max pool, or a stride-2 conv
+Each block: 3x3 conv -> batch norm (no running statistics: it normalises with the statistics of
+the batch it sees, the same in training and at test) -> ReLU -> 2x2 max pool, or a stride-2 conv
 instead of pooling. Features are averaged over what is left of the spatial grid, so any image
 size works (Omniglot 28x28 ends at 1x1 with pooling, 2x2 with strides).
 """
@@ -13,6 +13,7 @@ from torch import nn
 
 
 def _block(in_channels: int, out_channels: int, downsample: str, spatial: int) -> tuple[nn.Sequential, int]:
+    """One conv block for inputs of side ``spatial``, and the side of its output."""
     shrink = spatial >= 2
     stride = 2 if downsample == "stride" and shrink else 1
     layers: list[nn.Module] = [
@@ -60,6 +61,7 @@ class ConvNet(nn.Module):
         return self.features(images).mean(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> logits (B, n_way) with a head, else features (B, filters)."""
         features = self.embed(images)
         return self.head(features) if self.head is not None else features
 

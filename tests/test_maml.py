@@ -1,4 +1,4 @@
-"""MAML: the vmapped meta-gradient against the per-task loop, training on Omniglot, the protocol."""
+"""MAML: the batched meta-gradient against the per-task loop, training on Omniglot, the protocol."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cactus.learners.maml import BATCHING, MAML, batch_query_loss
-from cactus.learners.maml_folded import folded_meta_backward
-from cactus.learners.maml_reference import maml_reference_meta_gradient
+from cactus.learners import maml_step
+from cactus.learners.maml import MAML
+from cactus.learners.maml_step import InnerLoop, TaskBatch, meta_backward
 from cactus.nets import ConvNet
+from tests.reference_maml import maml_reference_meta_gradient, reference_predict
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 WAYS, SHOTS, QUERIES, TASKS, SIZE = 3, 2, 2, 3, 10
@@ -40,73 +41,49 @@ def _float64_learner(first_order: bool, learn_inner_lr: bool) -> MAML:
     return learner
 
 
-@pytest.mark.parametrize("batching", sorted(BATCHING))
+def _reference(learner: MAML, batch, first_order: bool):
+    """The per-task loop's (loss, gradients) on a copy of the learner's net."""
+    reference_net = ConvNet(1, SIZE, 4, WAYS, "stride").double()
+    reference_net.load_state_dict(learner.net.state_dict())
+    return maml_reference_meta_gradient(reference_net, *batch, 3, learner.inner_lrs, first_order)
+
+
+@pytest.mark.parametrize("query_chunk, recompute", [(None, False), (1, False), (2, False), (3, True), (1, True)],
+                         ids=["one-graph", "q1", "q2", "recompute", "recompute-q1"])
 @pytest.mark.parametrize(
     "first_order, learn_inner_lr", [(False, False), (True, False), (False, True), (True, True)],
     ids=["second-order", "first-order", "meta-sgd", "meta-sgd-first-order"],
 )
-def test_batched_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, batching):
-    learner = _float64_learner(first_order, learn_inner_lr)
-    batch = _random_batch()
-    params = dict(learner.net.named_parameters())
-    lrs = learner.inner_lrs
-    leaves = dict(params)
-    if isinstance(lrs, dict):
-        leaves.update({f"inner_lr/{n}": t for n, t in lrs.items()})
-    losses, logits = BATCHING[batching](learner.net, params, lrs, 3, first_order, *batch)
-    got = dict(zip(leaves, torch.autograd.grad(losses.mean(), list(leaves.values())), strict=True))
-
-    # The reference runs the stock ConvNet (fused batch norm), not the vmapped path's module.
-    reference_net = ConvNet(1, SIZE, 4, WAYS, "stride").double()
-    reference_net.load_state_dict(learner.net.state_dict())
-    loss, expected = maml_reference_meta_gradient(reference_net, *batch, 3, lrs, first_order)
-
-    assert logits.shape == (TASKS, WAYS * QUERIES, WAYS)
-    assert losses.mean().item() == pytest.approx(loss, rel=1e-10)
-    assert set(got) == set(expected)
-    # A conv bias right before batch norm has a true gradient of 0: compare against the overall scale.
-    scale = max(g.abs().max().item() for g in expected.values())
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
-
-
-@pytest.mark.parametrize("query_chunk, recompute", [(1, False), (2, False), (3, True), (1, True)],
-                         ids=["q1", "q2", "recompute", "recompute-q1"])
-@pytest.mark.parametrize(
-    "first_order, learn_inner_lr", [(False, False), (True, False), (False, True)],
-    ids=["second-order", "first-order", "meta-sgd"],
-)
-def test_query_chunked_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, query_chunk, recompute):
-    """The two-phase folded path (inner loops together, query sets a few tasks at a time), and the
-    recomputing one (one inner step's graph at a time)."""
+def test_batched_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr, query_chunk, recompute):
+    """Every path of meta_backward: one graph (the GPU default), the two-phase one (inner loops
+    together, query sets a few tasks at a time) and the recomputing one (one inner step's graph at a time)."""
     learner = _float64_learner(first_order, learn_inner_lr)
     batch = _random_batch()
     lrs = learner.inner_lrs
     leaves = dict(learner.net.named_parameters())
     if isinstance(lrs, dict):
         leaves.update({f"inner_lr/{n}": t for n, t in lrs.items()})
-    losses, logits = folded_meta_backward(learner.net, dict(learner.net.named_parameters()), lrs, 3,
-                                          first_order, *batch, 1 / TASKS, query_chunk, recompute)
-
-    reference_net = ConvNet(1, SIZE, 4, WAYS, "stride").double()
-    reference_net.load_state_dict(learner.net.state_dict())
-    loss, expected = maml_reference_meta_gradient(reference_net, *batch, 3, lrs, first_order)
+    losses, logits = meta_backward(learner.net, dict(learner.net.named_parameters()), InnerLoop(3, lrs, first_order),
+                                   TaskBatch(*batch), TASKS, query_chunk, recompute)
+    loss, expected = _reference(learner, batch, first_order)
 
     assert logits.shape == (TASKS, WAYS * QUERIES, WAYS) and not logits.requires_grad
     assert losses.mean().item() == pytest.approx(loss, rel=1e-10)
+    assert set(leaves) == set(expected)
+    # A conv bias right before batch norm has a true gradient of 0: compare against the overall scale.
     scale = max(g.abs().max().item() for g in expected.values())
     for name, leaf in leaves.items():
         torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
 
 
 def test_first_order_differs_from_second_order():
-    batch = _random_batch()
+    batch = TaskBatch(*_random_batch())
     grads = []
     for first_order in (False, True):
         learner = _float64_learner(first_order, False)
         params = dict(learner.net.named_parameters())
-        losses, _ = batch_query_loss(learner.net, params, learner.inner_lrs, 3, first_order, *batch)
-        grads.append(torch.autograd.grad(losses.mean(), list(params.values()))[0])
+        meta_backward(learner.net, params, InnerLoop(3, learner.inner_lrs, first_order), batch, TASKS)
+        grads.append(next(iter(params.values())).grad)
     assert not torch.allclose(grads[0], grads[1], rtol=1e-3)
 
 
@@ -137,10 +114,9 @@ def test_meta_step_reduces_query_loss_on_omniglot(omniglot_tasks):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
-@pytest.mark.parametrize("batching", sorted(BATCHING))
-def test_predict_shape_dtype_and_adaptation(omniglot_tasks, batching):
+def test_predict_shape_dtype_and_adaptation(omniglot_tasks):
     support_x, support_y, query_x, _ = omniglot_tasks
-    learner = MAML(1, 28, 5, filters=8, test_inner_steps=3, seed=0, predict_chunk=3, batching=batching)
+    learner = MAML(1, 28, 5, filters=8, test_inner_steps=3, seed=0, predict_chunk=3)
     labels = learner.predict(support_x, support_y, query_x)
     assert labels.shape == (8, 25) and labels.dtype == torch.int64
     assert int(labels.min()) >= 0 and int(labels.max()) < 5
@@ -151,14 +127,22 @@ def test_predict_shape_dtype_and_adaptation(omniglot_tasks, batching):
     assert (on_support == support_y).float().mean().item() > 0.6
 
 
-def test_predict_is_the_same_under_both_batchings(omniglot_tasks):
-    support_x, support_y, query_x, _ = (t[:4] for t in omniglot_tasks)
-    labels = []
-    for batching in sorted(BATCHING):
-        learner = MAML(1, 28, 5, filters=8, test_inner_steps=5, inner_lr=0.4, seed=3, batching=batching)
-        learner.net.double()
-        labels.append(learner.predict(support_x.double(), support_y, query_x.double()))
-    assert torch.equal(labels[0], labels[1])
+@pytest.mark.parametrize("learn_inner_lr", [False, True], ids=["maml", "meta-sgd"])
+def test_predict_equals_adapting_each_task_alone(omniglot_tasks, learn_inner_lr):
+    support_x, support_y, query_x, _ = (t[:4].double() if t.is_floating_point() else t[:4] for t in omniglot_tasks)
+    learner = MAML(1, 28, 5, filters=8, test_inner_steps=5, inner_lr=0.4, seed=3, learn_inner_lr=learn_inner_lr,
+                   predict_chunk=3)
+    learner.net.double()
+    if learn_inner_lr:
+        g = torch.Generator().manual_seed(4)
+        for lr in learner.inner_lrs.values():
+            lr.data = lr.data.double() * (0.5 + torch.rand(lr.shape, generator=g, dtype=torch.float64))
+    labels = learner.predict(support_x, support_y, query_x)
+    reference_net = ConvNet(1, 28, 8, 5, "stride").double()
+    reference_net.load_state_dict(learner.net.state_dict())
+    expected = reference_predict(reference_net, support_x, support_y, query_x, 5, learner.inner_lrs)
+    assert labels.dtype == torch.int64 and torch.equal(labels, expected)
+    assert all(not p.requires_grad or p.grad is None for p in learner.net.parameters())  # nothing accumulated
 
 
 def test_predict_rejects_more_classes_than_the_head():
@@ -187,13 +171,13 @@ def test_cpu_default_scores_query_sets_in_chunks_with_the_same_step(monkeypatch)
     import cactus.learners.maml as maml_module
 
     chunks_used = []
-    real = maml_module.folded_meta_backward
+    real = maml_step.query_gradients
 
     def spy(*args):
-        chunks_used.append(args[-2])  # (..., scale, query_chunk, recompute)
+        chunks_used.append(args[-1])  # (net, adapted, query_x, query_y, scale, query_chunk)
         return real(*args)
 
-    monkeypatch.setattr(maml_module, "folded_meta_backward", spy)
+    monkeypatch.setattr(maml_step, "query_gradients", spy)
     batch = _random_batch()
     default_chunk = maml_module.CPU_QUERY_CHUNK
     assert 1 <= default_chunk < TASKS

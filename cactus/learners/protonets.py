@@ -1,7 +1,8 @@
 """Prototypical Networks (Snell et al., 2017) on the conv4 backbone.
 
 Class prototypes are the mean support embedding; queries are scored by negative squared
-Euclidean distance to each prototype.
+Euclidean distance to each prototype. A task batch: support_x (B, N*K, C, H, W) float,
+support_y (B, N*K) int64 in [0, N), query_x (B, N*Q, C, H, W) float, query_y (B, N*Q) int64.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ProtoNets:
         self.optimiser = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
 
     def _logits(self, support_x, support_y, query_x) -> torch.Tensor:
+        """A task batch -> query logits (B, N*Q, N)."""
         batch, n_support = support_x.shape[:2]
         images = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])
         features = self.net(images)
@@ -61,6 +63,7 @@ class ProtoNets:
         return prototype_logits(support, support_y, query, ways)
 
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict[str, float]:
+        """One Adam step on the mean query loss of a task batch; returns {"loss", "accuracy" (%)}."""
         self.net.train()
         # Task by task, as in predict: batch norm sees one task, so splitting the meta-batch across
         # processes (cactus.core.distributed) gives the same gradients as one process.
@@ -77,6 +80,7 @@ class ProtoNets:
 
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        """Labels (B, N*Q) int64 for the queries: the nearest prototype of each task's support set."""
         if self.encoder is not None:
             self.net.eval()  # running statistics, as the encoder embeds
         # One task at a time: batch norm then normalises over each task's own images, as in training,
@@ -94,6 +98,7 @@ class ProtoNets:
         self.optimiser.load_state_dict(state["optimiser"])
 
     def weights(self) -> dict[str, np.ndarray]:
+        """The learned weights as numpy arrays, for the artifact."""
         if self.encoder is not None:  # the encoder's own format, so the encoder can be rebuilt from it
             return self.encoder.get_state()
         return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}

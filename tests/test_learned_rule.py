@@ -218,6 +218,7 @@ def _flat(images: np.ndarray) -> np.ndarray:
 
 
 def test_resume_gives_the_same_result(tmp_path, omniglot_small):
+    from cactus.core.training import CheckpointPolicy, save_checkpoint
     from cactus.update_rule.train import MetaTrainer
 
     pixels, labels = _flat(omniglot_small[0]), omniglot_small[1]
@@ -227,9 +228,9 @@ def test_resume_gives_the_same_result(tmp_path, omniglot_small):
     first = MetaTrainer(config, pixels, labels)
     for _ in range(3):
         first.outer_step()
-    first.save_checkpoint(tmp_path / "ckpt.pt")
+    save_checkpoint(tmp_path / "ckpt", {**first.checkpoint_state(), "key": "k"})
     second = MetaTrainer(config, pixels, labels)
-    second.load_checkpoint(tmp_path / "ckpt.pt")
+    assert second.restore(CheckpointPolicy(tmp_path / "ckpt", "k", resume=True))
     second.train()
     for name, value in lr.theta_state(whole.theta).items():
         np.testing.assert_array_equal(lr.theta_state(second.theta)[name], value)
@@ -238,7 +239,8 @@ def test_resume_gives_the_same_result(tmp_path, omniglot_small):
 
 
 def test_signal_writes_a_checkpoint(tmp_path, omniglot_small):
-    from cactus.update_rule.train import Interrupted, MetaTrainer
+    from cactus.core.training import CheckpointPolicy, Stopped
+    from cactus.update_rule.train import MetaTrainer, checkpoint_key
 
     pixels, labels = _flat(omniglot_small[0]), omniglot_small[1]
     trainer = MetaTrainer(_tiny_config(), pixels, labels)
@@ -251,13 +253,30 @@ def test_signal_writes_a_checkpoint(tmp_path, omniglot_small):
         return value
 
     trainer.outer_step = step_then_signal
-    with pytest.raises(Interrupted):
-        trainer.train(tmp_path / "ckpt.pt", every=100)
+    key = checkpoint_key(_tiny_config(), ["data"])
+    with pytest.raises(Stopped) as stopped:
+        trainer.train(CheckpointPolicy(tmp_path / "ckpt", key))  # every 300 s: only the signal saves
+    assert stopped.value.exit_code == 143 and stopped.value.step == 2
     resumed = MetaTrainer(_tiny_config(), pixels, labels)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert resumed.restore(CheckpointPolicy(tmp_path / "ckpt", key, resume=True))
     assert resumed.counters["outer"] == 2
-    with pytest.raises(CactusError, match="other options"):
-        MetaTrainer(_tiny_config(seed=6), pixels, labels).load_checkpoint(tmp_path / "ckpt.pt")
+    longer = _tiny_config(outer_steps=9)  # --outer-steps may change on --resume ...
+    assert checkpoint_key(longer, ["data"]) == key
+    other = _tiny_config(seed=6)  # ... no other option may
+    with pytest.raises(CactusError, match="belongs to a different configuration"):
+        MetaTrainer(other, pixels, labels).restore(CheckpointPolicy(tmp_path / "ckpt", checkpoint_key(other, ["data"]),
+                                                                    resume=True))
+    shorter = _tiny_config(outer_steps=1)  # checkpoint at outer step 2 > 1
+    with pytest.raises(CactusError, match=r"ckpt: checkpoint at step 2 is outside \[0, 1\]"):
+        MetaTrainer(shorter, pixels, labels).restore(CheckpointPolicy(tmp_path / "ckpt", key, resume=True))
+
+
+def rule_args(out: Path, outer_steps: int = 3) -> list[str]:
+    """``meta-train`` on digits with a tiny base MLP and update network."""
+    return ["meta-train", "--data", "digits", "--image-size", "0", "--out", str(out), "--width-range", "8,12",
+            "--depth-range", "1,2", "--unroll", "4", "--unroll-min", "2", "--window", "2", "--outer-steps",
+            str(outer_steps), "--batch-size", "16", "--pool-classes", "4", "--ways", "3", "--shots", "1",
+            "--queries", "1", "--hidden", "4", "--blocks", "1", "--threads", "1", "--json"]
 
 
 def test_meta_train_command_writes_a_rule(tmp_path):
@@ -266,16 +285,56 @@ def test_meta_train_command_writes_a_rule(tmp_path):
     from cactus.cli.rule import rule
 
     out = tmp_path / "rule.h5"
-    args = ["meta-train", "--data", "digits", "--image-size", "0", "--out", str(out), "--width-range", "8,12",
-            "--depth-range", "1,2", "--unroll", "4", "--unroll-min", "2", "--window", "2", "--outer-steps", "3",
-            "--batch-size", "16", "--pool-classes", "4", "--ways", "3", "--shots", "1", "--queries", "1",
-            "--hidden", "4", "--blocks", "1", "--threads", "1", "--json"]
+    args = rule_args(out)
     result = CliRunner().invoke(rule, args)
     assert result.exit_code == 0, result.output
     net, artifact = lr.load_rule(out)
     assert len(artifact.array("curve/meta_objective")) == 3
     bad = CliRunner().invoke(rule, [*args[:7], "--width-range", "12,8"])
     assert bad.exit_code != 0 and "--width-range" in str(bad.exception or bad.output)
+    assert not (tmp_path / "rule.h5.ckpt").exists()  # consumed once the rule is written
+
+
+def test_meta_train_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tmp_path):
+    """`cactus rule meta-train` killed with SIGTERM: exit 143, a checkpoint; --resume ends where a whole run does."""
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from cli import main
+    from tests.conftest import REPO
+
+    steps = 150
+    full = CliRunner().invoke(main, ["rule", *rule_args(tmp_path / "full.h5", steps)])
+    assert full.exit_code == 0, full.output
+
+    out, checkpoint = tmp_path / "rule.h5", tmp_path / "rule.h5.ckpt"
+    job = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "rule", *rule_args(out, steps),
+                            "--checkpoint-every", "0"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():  # --checkpoint-every 0: the first step has run once it exists
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "rerun with --resume" in stderr and "Traceback" not in stderr
+    assert checkpoint.is_file() and not out.exists()
+    stopped_at = torch.load(checkpoint, weights_only=True)["counters"]["outer"]
+    assert 0 < stopped_at < steps
+
+    resumed = CliRunner().invoke(main, ["rule", *rule_args(out, steps), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming from {checkpoint} at outer step {stopped_at}" in resumed.stderr
+    assert not checkpoint.exists()  # consumed once the rule is written
+    _, a = lr.load_rule(tmp_path / "full.h5")
+    _, b = lr.load_rule(out)
+    assert a.key == b.key and sorted(a.arrays) == sorted(b.arrays)
+    for name in a.arrays:
+        np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
 
 
 @pytest.mark.slow

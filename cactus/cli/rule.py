@@ -54,9 +54,10 @@ def rule() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint file [OUT with .ckpt.pt].")
-@click.option("--checkpoint-every", type=int, default=100, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint (same options).")
+              help="Checkpoint file [OUT.ckpt]; removed once the rule is written.")
+@click.option("--checkpoint-every", type=float, default=300.0, show_default=True,
+              help="Seconds between checkpoints (one is also written on SIGTERM/SIGINT).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint (same options; --outer-steps may change).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def meta_train(data, image_size, out, width_range, depth_range, unroll, unroll_min, window, outer_steps, meta_lr,
                clip, batch_size, pool_classes, ways, shots, queries, hidden, blocks, seed, threads, checkpoint,
@@ -70,11 +71,10 @@ def meta_train(data, image_size, out, width_range, depth_range, unroll, unroll_m
     from cactus.core.device import resolve_device
     from cactus.datasets.dataset import TRAIN, load_dataset
     from cactus.update_rule.config import RuleConfig
-    from cactus.update_rule.train import Interrupted
     from cactus.update_rule.train import meta_train as run_meta_train
 
-    if checkpoint_every < 1:
-        raise CactusError(f"--checkpoint-every {checkpoint_every}: must be at least 1")
+    if not checkpoint_every >= 0:  # also refuses nan
+        raise CactusError(f"--checkpoint-every {checkpoint_every}: must be 0 or more seconds")
     resolve_device("cpu", threads)
     config = RuleConfig(width_range=_pair(width_range, "--width-range"),
                         depth_range=_pair(depth_range, "--depth-range"),
@@ -87,16 +87,11 @@ def meta_train(data, image_size, out, width_range, depth_range, unroll, unroll_m
         raise CactusError(f"--data {data}: the meta-train split is empty")
     pixels = ds.images[rows].reshape(len(rows), -1).astype(np.float32) / 255.0
     labels = ds.true_labels()[rows]  # meta-training a rule on a labelled source is supervised by design
-    checkpoint = checkpoint or out.with_name(out.name + ".ckpt.pt")
     import sys
 
     attrs = {"dataset": ds.describe(), "image_shape": list(ds.image_shape), "command": " ".join(sys.argv)}
-    try:
-        summary = run_meta_train(config, pixels, labels, out, [ds.fingerprint()], attrs, checkpoint,
-                                 checkpoint_every, resume)
-    except Interrupted as stop:
-        log.warn(f"meta-train interrupted: {stop}; continue with --resume")
-        raise SystemExit(130) from None
+    summary = run_meta_train(config, pixels, labels, out, [ds.fingerprint()], attrs, checkpoint, checkpoint_every,
+                             resume)  # SIGTERM / SIGINT: cactus.core.training.Stopped, exit 143 / 130
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     else:

@@ -7,22 +7,25 @@ gradient skips the update and restarts the inner run; an inner run whose feature
 almost perfectly correlated) is restarted; updates inside the rule are normalised (see
 ``embeddings/learned_rule.py``); the unroll length follows a curriculum.
 
-Checkpoints (``torch.save`` of tensors, numbers and lists only, read back with
-``weights_only=True``) hold theta, the Adam state, the base model, the counters and the curve.
-Every random draw is keyed by those counters (``cactus/rule/sampling.py``), so ``--resume`` continues
-to the same result as an uninterrupted run of the same seed.
+Checkpoints (:mod:`cactus.core.training`: every N seconds and on SIGTERM / SIGINT) hold theta, the
+Adam state, the base model, the counters and the curve. Every random draw is keyed by those
+counters (``cactus/update_rule/sampling.py``), so ``--resume`` continues to the same result as an
+uninterrupted run of the same seed.
 """
 
 from __future__ import annotations
 
-import signal
+import hashlib
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cactus.core import log
 from cactus.core.errors import CactusError
+from cactus.core.training import CheckpointPolicy, checkpoint_path
 from cactus.update_rule.config import RuleConfig
 from cactus.update_rule.sampling import InnerRun, draw_batches, draw_run, draw_task
 
@@ -30,8 +33,10 @@ COLLAPSE_CORRELATION = 0.95
 COUNTERS = ("outer", "run_index", "run_step", "run_length", "skipped", "resets")
 
 
-class Interrupted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was written."""
+def checkpoint_key(config: RuleConfig, inputs: list[str]) -> str:
+    """sha256 of the options and inputs a checkpoint must share to be resumed (``outer_steps`` may change)."""
+    options = {k: v for k, v in config.as_dict().items() if k != "outer_steps"}
+    return hashlib.sha256(json.dumps([options, inputs], sort_keys=True).encode()).hexdigest()
 
 
 class MetaTrainer:
@@ -61,33 +66,24 @@ class MetaTrainer:
         self.counters["run_index"] = -1
         self.base = None
         self.curve: dict[str, list] = {"step": [], "meta_objective": [], "inner_step": [], "grad_norm": []}
-        self._stop = False
         self._session_start = time.monotonic()
         self.seconds = 0.0  # meta-training wall time, summed over resumed sessions
 
     # -- the loop -----------------------------------------------------------------------------
-    def train(self, checkpoint: Path | None = None, every: int = 100) -> None:
-        """Run to ``outer_steps``; checkpoint every ``every`` steps and on SIGTERM/SIGINT."""
+    def train(self, checkpoints: CheckpointPolicy | None = None) -> None:
+        """Run to ``outer_steps``, checkpointing as ``checkpoints`` says (default: never).
+
+        On SIGTERM / SIGINT the checkpoint is saved and :class:`cactus.core.training.Stopped` raised.
+        """
         from cactus.core.progress import Progress
 
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            remaining = range(self.counters["outer"], self.config.outer_steps)
-            progress = Progress(remaining, total=len(remaining), description="meta-train")
+        remaining = range(self.counters["outer"], self.config.outer_steps)
+        progress = Progress(remaining, total=len(remaining), description="meta-train")
+        with (checkpoints or CheckpointPolicy()).running(self.checkpoint_state) as loop:
             for _ in progress:
                 loss = self.outer_step()
                 progress.set(meta_objective=float(np.mean(self.curve["meta_objective"][-50:])), last=loss)
-                done = self.counters["outer"]
-                if checkpoint is not None and (self._stop or done % every == 0):
-                    self.save_checkpoint(checkpoint)
-                if self._stop:
-                    raise Interrupted(f"stopped at outer step {done}; checkpoint {checkpoint}")
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def _on_signal(self, signum, frame) -> None:
-        self._stop = True
+                loop.after_step(self.counters["outer"])
 
     def _current_run(self) -> InnerRun:
         c, cfg = self.counters, self.config
@@ -166,11 +162,10 @@ class MetaTrainer:
         return bool(off / max(n * (n - 1), 1) > COLLAPSE_CORRELATION)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, path: Path) -> None:
-        import torch
-
-        payload = {
-            "config": self.config.as_dict(),
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds: theta, the Adam state, the counters, the base model and the curve."""
+        return {
+            "outer_steps": self.config.outer_steps,
             "theta": self.theta.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "counters": dict(self.counters),
@@ -179,40 +174,33 @@ class MetaTrainer:
             "curve": {k: list(map(float, v)) for k, v in self.curve.items()},
             "seconds": self.seconds + time.monotonic() - self._session_start,
         }
-        from cactus.core.atomic import atomic_path
 
-        with atomic_path(path, "checkpoint") as partial:
-            torch.save(payload, partial)
+    def restore(self, checkpoints: CheckpointPolicy) -> bool:
+        """With ``checkpoints.resume``: continue from its checkpoint; False when there is none."""
+        saved = checkpoints.restore("update-rule trainer", self.config.outer_steps,
+                                    lambda s: int(s["counters"]["outer"]), self._load)
+        return saved is not None
 
-    def load_checkpoint(self, path: Path) -> None:
-        import torch
-
+    def _load(self, saved: dict[str, Any]) -> None:
         from embeddings.learned_rule import BaseState
 
-        try:
-            payload = torch.load(path, weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CactusError(f"--resume: checkpoint {path} is unreadable ({type(error).__name__})") from None
-        saved = dict(payload.get("config") or {})
-        if saved.get("outer_steps") != self.config.outer_steps:
-            # Lengthening or shortening a run is allowed; the curriculum then differs from a fresh run's.
-            log.warn(f"--resume: checkpoint was written for --outer-steps {saved.get('outer_steps')}, "
-                     f"continuing to {self.config.outer_steps}")
-            saved["outer_steps"] = self.config.outer_steps
-        if saved != self.config.as_dict():
-            raise CactusError(f"--resume: checkpoint {path} was written with other options; "
-                              "rerun with the same options or without --resume")
-        self.theta.load_state_dict(payload["theta"])
-        self.optimiser.load_state_dict(payload["optimiser"])
-        self.counters = {name: int(payload["counters"][name]) for name in COUNTERS}
-        base = payload["base"]
+        written_for = int(saved["outer_steps"])
+        self.theta.load_state_dict(saved["theta"])
+        self.optimiser.load_state_dict(saved["optimiser"])
+        self.counters = {name: int(saved["counters"][name]) for name in COUNTERS}
+        base = saved["base"]
         self.base = None if base is None else BaseState(list(base["weights"]), list(base["feedback"]),
                                                         list(base["memory"]))
-        self.curve = {k: list(v) for k, v in payload["curve"].items()}
-        self.curve["step"] = [int(s) for s in self.curve["step"]]
-        self.curve["inner_step"] = [int(s) for s in self.curve["inner_step"]]
-        self.seconds = float(payload.get("seconds", 0.0))
+        curve = {k: list(saved["curve"][k]) for k in self.curve}
+        curve["step"] = [int(x) for x in curve["step"]]
+        curve["inner_step"] = [int(x) for x in curve["inner_step"]]
+        self.curve = curve
+        self.seconds = float(saved["seconds"])
         self._session_start = time.monotonic()
+        if written_for != self.config.outer_steps:
+            # Lengthening or shortening a run is allowed; the curriculum then differs from a fresh run's.
+            log.warn(f"--resume: checkpoint was written for --outer-steps {written_for}, "
+                     f"continuing to {self.config.outer_steps}")
 
     # -- the artifact ---------------------------------------------------------------------------
     def write(self, out: Path, inputs: list[str], attrs: dict) -> str:
@@ -233,17 +221,23 @@ class MetaTrainer:
 
 
 def meta_train(config: RuleConfig, pixels: np.ndarray, labels: np.ndarray, out: Path, inputs: list[str],
-               attrs: dict, checkpoint: Path | None = None, every: int = 100, resume: bool = False) -> dict:
-    """Meta-train and write the rule artifact; returns a summary. Raises Interrupted on a signal."""
+               attrs: dict, checkpoint: Path | None = None, checkpoint_every_s: float = 300.0,
+               resume: bool = False) -> dict:
+    """Meta-train and write the rule artifact; returns a summary.
+
+    Checkpoints go to ``checkpoint`` (default ``OUT.ckpt``) every ``checkpoint_every_s`` seconds and on
+    SIGTERM / SIGINT (then :class:`cactus.core.training.Stopped` is raised); ``resume`` continues from
+    it. The checkpoint is removed once the artifact is written.
+    """
+    checkpoint = Path(checkpoint) if checkpoint is not None else checkpoint_path(out)
+    checkpoints = CheckpointPolicy(checkpoint, checkpoint_key(config, inputs), resume, checkpoint_every_s)
     trainer = MetaTrainer(config, pixels, labels)
-    if resume:
-        if checkpoint is None or not Path(checkpoint).is_file():
-            raise CactusError(f"--resume: no checkpoint at {checkpoint}")
-        trainer.load_checkpoint(checkpoint)
-        log.info(f"resuming at outer step {trainer.counters['outer']} from {checkpoint}")
-    trainer.train(checkpoint, every)
+    if trainer.restore(checkpoints):
+        log.info(f"meta-train: resuming from {checkpoint} at outer step {trainer.counters['outer']}")
+    trainer.train(checkpoints)
     seconds = trainer.seconds + time.monotonic() - trainer._session_start
     key = trainer.write(out, inputs, attrs)
+    checkpoint.unlink(missing_ok=True)
     curve = np.asarray(trainer.curve["meta_objective"])
     tenth = max(1, len(curve) // 10)
     return {"out": str(out), "key": key, "outer_steps": config.outer_steps, "seconds": round(seconds, 1),

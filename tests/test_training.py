@@ -160,3 +160,22 @@ def test_every_trainer_stops_with_the_same_exit_code(command, sig, code, tasks_f
     assert result.stderr.strip().splitlines()[-1] == (
         f"cactus: stopped by {sig.name} at step 2; checkpoint saved to {out}.ckpt; rerun with --resume")
     assert (tmp_path / "out.h5.ckpt").is_file() and not out.exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    path = tmp_path / "x.ckpt"
+    save_checkpoint(path, {"key": "k", "done": 1})
+
+    def full(self, data) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(CactusError) as refused:
+        save_checkpoint(path, {"key": "k", "done": 2})
+    assert str(refused.value) == f"{path}: cannot write checkpoint (no space left on device)"
+    monkeypatch.undo()
+    assert load_checkpoint(path, "k") == {"key": "k", "done": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt"]  # no temporary file left

@@ -90,11 +90,19 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write a checkpoint (temporary file, then rename; a full disk leaves the old one intact)."""
+    """Atomically write a checkpoint (temporary file, then rename; a full disk leaves the old one intact).
+
+    The state is serialised in memory first: torch's own writer reports a full disk as an opaque
+    RuntimeError, a plain file write as the OSError that :func:`atomic_path` turns into one line.
+    """
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path, "checkpoint") as partial:
-        torch.save(state, partial)
+        partial.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:

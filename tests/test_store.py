@@ -90,3 +90,26 @@ def test_a_write_killed_midway_leaves_no_file_under_the_final_name(tmp_path):
     assert not target.exists()
     leftovers = list(tmp_path.iterdir())
     assert all(p.name.startswith(".big.h5.") for p in leftovers)  # only the temporary file, never big.h5
+
+
+def test_verbose_adds_the_store_debug_lines_and_quiet_leaves_only_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from cactus.core import log
+    from cli import main
+
+    out = tmp_path / "e.h5"
+    args = ["embed", "--data", "digits", "--method", "pca", "--dim", "4", "-o", str(out)]
+    try:
+        verbose = CliRunner().invoke(main, ["-v", *args])
+        normal = CliRunner().invoke(main, args)
+        again = CliRunner().invoke(main, ["-v", *args])
+        quiet = CliRunner().invoke(main, ["-q", *args, "--force"])
+    finally:
+        log.set_verbosity(1)
+    assert [r.exit_code for r in (verbose, normal, again, quiet)] == [0, 0, 0, 0]
+    assert "cactus: store: cache miss for" in verbose.stderr and "cactus: store: wrote" in verbose.stderr
+    assert "bytes" in verbose.stderr and "cactus: embed: fitting pca" in verbose.stderr
+    assert "up to date" in normal.stderr and "store:" not in normal.stderr
+    assert f"cactus: store: cache hit for {out}" in again.stderr and "checksums verified" in again.stderr
+    assert quiet.stderr == ""

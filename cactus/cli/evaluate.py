@@ -35,6 +35,10 @@ def evaluate(artifact, learner, embeddings_path, ways, shots, queries, num_tasks
     """Few-shot accuracy (95% interval) on true-label tasks of the test classes."""
     from cactus.stages.evaluate import run_evaluate
 
+    if out is not None:  # refuse a bad --out before the evaluation runs, not after
+        from cactus.core.overwrite import check_report_path
+
+        check_report_path(out, ("artifact", "learner", "data"))
     report = run_evaluate(artifact, learner, ways, shots, queries, num_tasks, seed, device, threads, embeddings_path,
                           benchmark, runs_path)
     if out is not None:

@@ -18,10 +18,10 @@ def info(artifact, as_json):
     """Print an artifact's stage, config, key, inputs and array shapes."""
     from cactus.core.store import read_artifact
 
-    found = read_artifact(artifact)
+    found = read_artifact(artifact, arrays=False)  # metadata only: a crafted shape cannot exhaust memory
     payload = {"path": str(found.path), "stage": found.stage, "key": found.key, "inputs": found.inputs,
                "version": found.version, "created": found.created, "config": found.config,
-               "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in found.arrays.items()}}
+               "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in found.layout.items()}}
     if as_json:
         emit(payload, True)
         return
@@ -29,5 +29,5 @@ def info(artifact, as_json):
     click.echo(f"key     {found.key}")
     click.echo(f"inputs  {', '.join(found.inputs) or '-'}")
     click.echo(f"config  {json.dumps(found.config, sort_keys=True)}")
-    for name, a in sorted(found.arrays.items()):
+    for name, a in sorted(found.layout.items()):
         click.echo(f"  /{name:<40} {str(a.dtype):<8} {tuple(a.shape)}")

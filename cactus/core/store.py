@@ -2,7 +2,16 @@
 
 Attributes on the root group: ``stage``, ``config`` (sorted JSON), ``key`` (sha256 of stage,
 config and input keys), ``inputs`` (JSON list of input keys), ``version``, ``created``.
-Arrays are HDF5 datasets (``/embeddings``, ``/weights/conv1.weight``, ...); no pickles.
+Arrays are HDF5 datasets (``/embeddings``, ``/weights/conv1.weight``, ...); no pickles. Every
+non-scalar dataset is chunked with HDF5's Fletcher-32 checksum filter (gzip on top when large), so
+damaged data is detected on every read, and by the cache check (:func:`cached_key`), which reads
+the data once in bounded slabs: a flipped byte under an intact header is a cache miss, recomputed.
+Artifacts written before checksums existed stay readable (their data is simply not verified).
+
+Reading checks before it allocates: only a regular file is opened, and the declared layout
+(shapes, dtypes, stored bytes) is checked against the file and the stage
+(:mod:`cactus.core.artifact_checks`) before any array is read. ``read_artifact(..., arrays=False)``
+reads metadata only (``cactus info``).
 """
 
 from __future__ import annotations
@@ -18,13 +27,20 @@ from typing import Any
 import numpy as np
 
 from cactus import __version__
+from cactus.core import log
+from cactus.core.artifact_checks import ArraySpec, check_arrays, check_layout
 from cactus.core.atomic import atomic_path
 from cactus.core.errors import CactusError
+from cactus.core.h5file import write_h5
+from cactus.core.overwrite import check_output_path
+from cactus.core.paths import require_regular_file
 
 FORMAT = "cactus-artifact"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 REQUIRED_ATTRS = ("format", "stage", "config", "key", "inputs", "version", "created")
 COMPRESS_ABOVE_BYTES = 1 << 16
+VERIFY_SLAB_BYTES = 32 << 20  # the cache check reads data in slabs of about this size
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
 
 
 def compute_key(stage: str, config: dict[str, Any], input_keys: list[str]) -> str:
@@ -35,7 +51,8 @@ def compute_key(stage: str, config: dict[str, Any], input_keys: list[str]) -> st
 
 @dataclass
 class Artifact:
-    """An artifact read back from disk; arrays are loaded eagerly (they are small enough)."""
+    """An artifact read back from disk: its header, the layout of every dataset, and (unless read with
+    ``arrays=False``) the arrays themselves, loaded eagerly."""
 
     path: Path
     stage: str
@@ -46,6 +63,7 @@ class Artifact:
     created: str
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    layout: dict[str, ArraySpec] = field(default_factory=dict)
 
     def array(self, name: str) -> np.ndarray:
         if name not in self.arrays:
@@ -58,6 +76,9 @@ class Artifact:
         return {k[len(start):]: v for k, v in self.arrays.items() if k.startswith(start)}
 
 
+# ---- writing ----------------------------------------------------------------------------------------
+
+
 def write_artifact(
     path: str | Path,
     stage: str,
@@ -68,29 +89,17 @@ def write_artifact(
 ) -> str:
     """Write an artifact atomically (temporary file in the same folder, then rename); returns its key.
 
-    ``attrs`` holds extra JSON-able metadata (a training curve, a dataset description...).
+    ``attrs`` holds extra JSON-able metadata (a training curve, a dataset description...). What is at
+    ``path`` must be replaceable by a ``stage`` artifact (:func:`cactus.core.overwrite.check_output_path`);
+    a full disk is one CactusError naming ``path``, with the previous file intact and nothing left behind.
     """
-    import h5py
-
     path = Path(path)
     key = compute_key(stage, config, inputs)
     try:
-        with atomic_path(path, "artifact") as partial, h5py.File(partial, "w") as out:
-            out.attrs["format"] = FORMAT
-            out.attrs["stage"] = stage
-            out.attrs["config"] = json.dumps(config, sort_keys=True)
-            out.attrs["key"] = key
-            out.attrs["inputs"] = json.dumps(list(inputs))
-            out.attrs["version"] = __version__
-            out.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            for name, value in (attrs or {}).items():
-                out.attrs[f"x_{name}"] = json.dumps(value, sort_keys=True)
-            for name, value in arrays.items():
-                value = np.asarray(value)
-                options: dict[str, Any] = {}
-                if value.nbytes > COMPRESS_ABOVE_BYTES and value.ndim > 0:
-                    options = {"chunks": True, "compression": "gzip", "compression_opts": 4, "shuffle": True}
-                out.create_dataset(name, data=value, **options)
+        check_output_path(path, stage)
+        with atomic_path(path, "artifact") as partial:
+            size = write_h5(partial, lambda out: _fill(out, stage, config, key, inputs, arrays, attrs or {}))
+        log.debug(f"store: wrote {path}: {size} bytes, {len(arrays)} arrays, {stage} key {key[:12]}")
     finally:
         from cactus.core.lock import release
 
@@ -98,38 +107,98 @@ def write_artifact(
     return key
 
 
+def _fill(out, stage: str, config: dict, key: str, inputs: list[str], arrays: dict[str, np.ndarray],
+          attrs: dict[str, Any]) -> None:
+    out.attrs["format"] = FORMAT
+    out.attrs["stage"] = stage
+    out.attrs["config"] = json.dumps(config, sort_keys=True)
+    out.attrs["key"] = key
+    out.attrs["inputs"] = json.dumps(list(inputs))
+    out.attrs["version"] = __version__
+    out.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for name, value in attrs.items():
+        out.attrs[f"x_{name}"] = json.dumps(value, sort_keys=True)
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        options: dict[str, Any] = {}
+        if value.ndim > 0:  # a scalar cannot be chunked, so it carries no checksum
+            options = {"chunks": True, "fletcher32": True}
+            if value.nbytes > COMPRESS_ABOVE_BYTES:
+                options.update(compression="gzip", compression_opts=4, shuffle=True)
+        out.create_dataset(name, data=value, **options)
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+
 def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = True) -> Artifact:
-    """Read an artifact; a missing, corrupt or foreign file raises CactusError naming the path."""
+    """Read an artifact; a missing, corrupt or foreign file raises CactusError naming the path.
+
+    ``arrays=False`` reads the header and the layout of every dataset, never their data; with a
+    ``stage`` (a stage about to use the artifact, perhaps streaming its data) the layout is checked
+    too, without ``stage`` (``cactus info``) it is shown as declared.
+    """
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise CactusError(f"{path}: no such artifact")
+    path = require_regular_file(path, "artifact")
     try:
         with h5py.File(path, "r") as source:
-            attrs = dict(source.attrs)
-            missing = [a for a in REQUIRED_ATTRS if a not in attrs]
-            if missing or attrs.get("format") != FORMAT:
-                raise CactusError(f"{path}: not a cactus artifact (missing {', '.join(missing) or 'format'})")
-            loaded: dict[str, np.ndarray] = {}
+            artifact = _header(source, path)
+            _check_header(artifact, stage)
+            if arrays or stage is not None:  # before anything is allocated
+                check_layout(path, artifact.stage, artifact.config, artifact.layout, in_memory=arrays)
             if arrays:
-                source.visititems(lambda name, obj: _collect(name, obj, loaded))
-            artifact = Artifact(
-                path=path,
-                stage=str(attrs["stage"]),
-                config=json.loads(attrs["config"]),
-                key=str(attrs["key"]),
-                inputs=list(json.loads(attrs["inputs"])),
-                version=str(attrs["version"]),
-                created=str(attrs["created"]),
-                arrays=loaded,
-                attrs={k[2:]: json.loads(v) for k, v in attrs.items() if k.startswith("x_")},
-            )
+                artifact.arrays = {name: _read_dataset(source[name], path, name) for name in artifact.layout}
     except CactusError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CactusError(f"{path}: corrupt or unreadable artifact ({reason})") from None
+    except READ_ERRORS as error:
+        raise CactusError(f"{path}: corrupt or unreadable artifact ({_reason(error)})") from None
+    if arrays:
+        check_arrays(path, artifact.stage, artifact.config, artifact.arrays)  # shapes, dtypes, ranges, NaN
+    log.debug(f"store: read {path} ({artifact.stage}, {len(artifact.layout)} arrays"
+              f"{'' if arrays else ', header only'})")
+    return artifact
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _header(source, path: Path) -> Artifact:
+    attrs = dict(source.attrs)
+    missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+    if missing or attrs.get("format") != FORMAT:
+        raise CactusError(f"{path}: not a cactus artifact (missing {', '.join(missing) or 'format'})")
+    return Artifact(
+        path=path,
+        stage=str(attrs["stage"]),
+        config=json.loads(attrs["config"]),
+        key=str(attrs["key"]),
+        inputs=list(json.loads(attrs["inputs"])),
+        version=str(attrs["version"]),
+        created=str(attrs["created"]),
+        attrs={k[2:]: json.loads(v) for k, v in attrs.items() if k.startswith("x_")},
+        layout=_layout(source),
+    )
+
+
+def _layout(source) -> dict[str, ArraySpec]:
+    """Every dataset's shape, dtype, stored bytes and checksum flag, from metadata only."""
+    import h5py
+
+    specs: dict[str, ArraySpec] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            specs[name] = ArraySpec(tuple(int(n) for n in obj.shape or ()), np.dtype(obj.dtype),
+                                    int(obj.id.get_storage_size()), bool(obj.fletcher32))
+
+    source.visititems(visit)
+    return specs
+
+
+def _check_header(artifact: Artifact, stage: str | None) -> None:
+    path = artifact.path
     if not isinstance(artifact.config, dict) or not all(isinstance(k, str) for k in artifact.inputs):
         raise CactusError(f"{path}: corrupt artifact (config or inputs attribute malformed)")
     if not all(SHA256_HEX.fullmatch(k) for k in [artifact.key, *artifact.inputs]):
@@ -140,29 +209,60 @@ def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = Tru
             raise CactusError(f"{path}: corrupt artifact ({name} attribute is not printable text)")
     if stage is not None and artifact.stage != stage:
         raise CactusError(f"{path}: is a '{artifact.stage}' artifact, expected a '{stage}' artifact")
-    if arrays:
-        from cactus.core.artifact_checks import check_arrays
-
-        check_arrays(path, artifact.stage, artifact.config, artifact.arrays)  # shapes, dtypes, ranges, NaN
-    return artifact
 
 
-def _collect(name: str, obj: Any, into: dict[str, np.ndarray]) -> None:
+def _read_dataset(dataset, path: Path, name: str, where: slice = slice(None)) -> np.ndarray:
+    """The dataset's data (or a slab of it); a chunk failing its checksum is one CactusError naming both."""
+    try:
+        return dataset[()] if dataset.ndim == 0 else dataset[where]
+    except READ_ERRORS as error:
+        what = "a data chunk fails its checksum" if dataset.fletcher32 else f"data unreadable: {_reason(error)}"
+        raise CactusError(f"{path}: corrupt artifact (/{name}: {what})") from None
+
+
+def verify_content(artifact: Artifact) -> None:
+    """Read every chunked dataset of ``artifact`` (read with ``arrays=False``) in slabs of bounded size,
+    so HDF5 verifies each chunk's checksum and decompresses it; CactusError naming the first bad one."""
     import h5py
 
-    if isinstance(obj, h5py.Dataset):
-        into[name] = obj[()]
+    path = artifact.path
+    check_layout(path, artifact.stage, artifact.config, artifact.layout, in_memory=False)  # nor loop on a crafted shape
+    try:
+        with h5py.File(path, "r") as source:
+            for name, spec in artifact.layout.items():
+                dataset = source[name]
+                if dataset.chunks is None or spec.ndim == 0 or spec.nbytes == 0:
+                    continue  # contiguous (an artifact older than checksums): nothing to verify
+                row_bytes = max(1, spec.nbytes // max(1, spec.shape[0]))
+                step = max(dataset.chunks[0], VERIFY_SLAB_BYTES // row_bytes // dataset.chunks[0] * dataset.chunks[0])
+                for start in range(0, spec.shape[0], step):
+                    _read_dataset(dataset, path, name, slice(start, start + step))
+    except CactusError:
+        raise
+    except READ_ERRORS as error:
+        raise CactusError(f"{path}: corrupt or unreadable artifact ({_reason(error)})") from None
 
 
-def cached_key(path: str | Path, key: str) -> bool:
-    """True when ``path`` holds a readable artifact with this key; a corrupt file is a miss."""
+def cached_key(path: str | Path, key: str, stage: str | None = None) -> bool:
+    """True when ``path`` holds an intact artifact with this key; a corrupt file is a miss (with a warning).
+
+    With ``stage``, first refuse an output path that a ``stage`` artifact may not replace
+    (:func:`cactus.core.overwrite.check_output_path`), before anything is computed.
+    """
     path = Path(path)
+    if stage is not None:
+        check_output_path(path, stage)
     if not path.is_file():
+        log.debug(f"store: cache miss for {path}: no file (want key {key[:12]})")
         return False
     try:
-        return read_artifact(path, arrays=False).key == key
+        header = read_artifact(path, arrays=False)
+        if header.key != key:
+            log.debug(f"store: cache miss for {path}: it holds key {header.key[:12]}, want {key[:12]}")
+            return False
+        verify_content(header)
     except CactusError as error:
-        from cactus.core.log import warn
-
-        warn(f"{error}; recomputing")
+        log.warn(f"{error}; recomputing")
         return False
+    log.debug(f"store: cache hit for {path}: key {key[:12]}, data checksums verified")
+    return True

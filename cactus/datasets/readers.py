@@ -278,6 +278,9 @@ def read_arrays(kind: str, path: Path) -> RawImages:
             import h5py
 
             with h5py.File(path, "r") as arrays:
+                for name in ("x", "y"):
+                    if name in arrays and not isinstance(arrays[name], h5py.Dataset):
+                        raise CactusError(f"{path}: '{name}' is an HDF5 group, not an array")
                 x = arrays["x"][()] if "x" in arrays else None
                 y = arrays["y"][()] if "y" in arrays else None
     except (OSError, ValueError, KeyError) as error:

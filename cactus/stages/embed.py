@@ -137,6 +137,9 @@ def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, so a changed input file changes the artifact key."""
     import hashlib
 
+    from cactus.core.paths import require_regular_file
+
+    require_regular_file(path, "file", name=f"--path {path}")  # /dev/zero or a FIFO would be read forever
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:

@@ -1,23 +1,24 @@
 """Datasets: ``--data SPEC`` -> uint8 images, a seeded split by class, and guarded labels.
 
 SPEC is one of ``digits`` (built in), ``omniglot:PATH``, ``idx:PATH``, ``folder:PATH``,
-``npz:PATH`` or ``h5:PATH``. Images are (N, H, W, C) uint8. Every image belongs to one split:
-meta-train (0), validation (1) or test (2). True labels are kept, but only evaluation and the
-explicitly supervised oracle may read them, through :meth:`Dataset.true_labels`.
+``npz:PATH`` or ``h5:PATH``. Images are (N, H, W, C) uint8, C = 1 or 3. Every image belongs to one
+split: meta-train (0), validation (1) or test (2). True labels are kept, but only evaluation and the
+explicitly supervised oracle may read them, through :meth:`Dataset.true_labels`. Omniglot and
+folders of at least ``CACHE_MIN_IMAGES`` images are decoded once into :mod:`cactus.datasets.cache`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cactus.core.atomic import atomic_path
 from cactus.core.errors import CactusError
-from cactus.datasets.readers import RawImages, read_arrays, read_folder, read_idx, read_omniglot
+from cactus.datasets.cache import cached_images
+from cactus.datasets.folder import decode_folder, list_folder, raw_images
+from cactus.datasets.readers import RawImages, read_arrays, read_idx, read_omniglot
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
@@ -25,7 +26,8 @@ KINDS = ("digits", "omniglot", "idx", "folder", "npz", "h5")
 SPLIT_RULES = ("default", "classes", "lake", "files", "images")
 OMNIGLOT_COUNTS = (1100, 100, 423)
 CLASS_FRACTIONS = (0.6, 0.1, 0.3)
-CACHE_VERSION = 1
+CACHE_MIN_IMAGES = 1000  # smaller folders decode in a moment: not worth a cache entry
+FINGERPRINT_CHUNK = 1 << 26  # bytes of images hashed at a time (no copy of the whole array)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ class Dataset:
         """sha256 of the images and the split: the input key of the embed stage."""
         digest = hashlib.sha256()
         digest.update(str(self.images.shape).encode())
-        digest.update(np.ascontiguousarray(self.images).tobytes())
+        rows = max(1, FINGERPRINT_CHUNK // max(1, int(np.prod(self.images.shape[1:]))))
+        for start in range(0, len(self.images), rows):
+            digest.update(memoryview(np.ascontiguousarray(self.images[start : start + rows])).cast("B"))
         digest.update(self.split.tobytes())
         return digest.hexdigest()
 
@@ -145,7 +149,7 @@ def _read(kind: str, path: Path | None, image_size: int | None) -> RawImages:
     if kind == "idx":
         return read_idx(path)
     if kind == "folder":
-        return read_folder(path, image_size)
+        return _cached_folder(path, image_size)
     return read_arrays(kind, path)
 
 
@@ -162,38 +166,24 @@ def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def cache_dir() -> Path:
-    """Where decoded datasets are cached: ``$CACTUS_CACHE_DIR`` or ``~/.cache/cactus``."""
-    return Path(os.environ.get("CACTUS_CACHE_DIR", Path.home() / ".cache" / "cactus"))
+def _cached_folder(root: Path, image_size: int | None) -> RawImages:
+    """A folder's images, decoded once into the cache keyed by its files' names, sizes and times."""
+    listing = list_folder(root)
+    if len(listing.files) < CACHE_MIN_IMAGES:
+        return raw_images(listing, decode_folder(listing, image_size))
+    return cached_images("folder", f"{root.resolve()}\n{image_size}", listing.content_key(),
+                         lambda: raw_images(listing, decode_folder(listing, image_size)))
 
 
 def _cached_omniglot(root: Path, image_size: int) -> RawImages:
     """Decoding 32,460 PNGs takes a while, so the decoded arrays are cached by source identity."""
     sources = sorted(p for p in root.iterdir() if p.name.startswith("images_"))
-    identity = hashlib.sha256(f"v{CACHE_VERSION}/{image_size}".encode())
+    identity = []
     for source in sources:
         stat = source.stat()
-        identity.update(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    cache_file = cache_dir() / f"omniglot-{identity.hexdigest()[:16]}.npz"
-    if cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as cached:
-                return RawImages(
-                    images=cached["images"],
-                    class_ids=cached["class_ids"],
-                    class_names=[str(n) for n in cached["class_names"]],
-                    groups=cached["groups"],
-                )
-        except (OSError, ValueError, KeyError):
-            pass  # a broken cache entry is a miss
-    raw = read_omniglot(root, image_size)
-    try:
-        with atomic_path(cache_file, "dataset cache") as partial, open(partial, "wb") as handle:
-            np.savez(handle, images=raw.images, class_ids=raw.class_ids,
-                     class_names=np.asarray(raw.class_names), groups=raw.groups)
-    except CactusError:
-        pass  # caching is an optimisation; a read-only home or a full disk is fine
-    return raw
+        identity.append(f"{source.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return cached_images("omniglot", f"{root.resolve()}\n{image_size}", "\n".join(identity),
+                         lambda: read_omniglot(root, image_size))
 
 
 def _split(kind: str, raw: RawImages, rule: str, seed: int, spec: str) -> tuple[np.ndarray, str]:
@@ -202,6 +192,8 @@ def _split(kind: str, raw: RawImages, rule: str, seed: int, spec: str) -> tuple[
     labelled = raw.class_ids >= 0
     if rule == "default":
         rule = {"omniglot": "classes", "idx": "files", "digits": "images"}.get(kind, "classes")
+        if kind == "folder" and raw.groups is not None:
+            rule = "files"  # a folder with train/ val/ test/ sub-folders: they are the split
     if rule == "images":
         # Few classes and no files of its own: like CACTUs on MNIST, meta-train on half of the
         # images (unlabelled) and test on the other half, with all classes.
@@ -216,7 +208,10 @@ def _split(kind: str, raw: RawImages, rule: str, seed: int, spec: str) -> tuple[
     if rule == "files":
         if raw.groups is None:
             raise CactusError(f"--split files: {spec} does not come in separate train / test files")
-        return np.where(raw.groups == 0, TRAIN, TEST).astype(np.int8), "files (train file / test file)"
+        split = np.asarray([TRAIN, TEST, VAL], dtype=np.int8)[raw.groups]
+        if kind != "folder":
+            return split, "files (train file / test file)"
+        return split, _folder_split_rule(raw, split)
     if not labelled.any():
         return np.zeros(n, dtype=np.int8), "unlabelled (all meta-train)"
     n_classes = len(raw.class_names)
@@ -238,3 +233,11 @@ def _class_counts(kind: str, n_classes: int) -> tuple[int, int, int]:
     n_test = max(1, round(CLASS_FRACTIONS[2] * n_classes))
     n_val = round(CLASS_FRACTIONS[1] * n_classes) if n_classes >= 10 else 0
     return (n_classes - n_test - n_val, n_val, n_test)
+
+
+def _folder_split_rule(raw: RawImages, split: np.ndarray) -> str:
+    """E.g. ``files (the folder's train/ val/ test/ sub-folders: 64 / 16 / 20 classes)``."""
+    classes = [set(np.unique(raw.class_ids[split == s]).tolist()) for s in (TRAIN, VAL, TEST)]
+    rule = f"files (the folder's train/ val/ test/ sub-folders: {' / '.join(str(len(c)) for c in classes)} classes"
+    shared = (classes[0] & classes[1]) | (classes[0] & classes[2]) | (classes[1] & classes[2])
+    return rule + (f"; {len(shared)} classes in more than one of them)" if shared else ")")

@@ -2,6 +2,7 @@
 
 Every reader returns a :class:`RawImages`; splitting into meta-train / validation / test
 happens in :mod:`cactus.datasets.dataset`, so the readers only know about bytes and folders.
+Folders of class sub-folders have their own module, :mod:`cactus.datasets.folder`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class RawImages:
     images: (N, H, W, C) uint8, C = 1 (grey) or 3 (RGB), bright strokes on dark background.
     class_ids: (N,) int64 in [0, len(class_names)), or -1 where the file carries no label.
     class_names: name of each class id.
-    groups: optional (N,) int8 for datasets that come in their own files
-        (0 = training file, 1 = test file), used by the ``files`` / ``lake`` splits.
+    groups: optional (N,) int8 for datasets that come in their own parts (0 = training file or
+        folder, 1 = test, 2 = validation), used by the ``files`` / ``lake`` splits.
     """
 
     images: np.ndarray
@@ -214,52 +215,6 @@ def read_idx(root: Path) -> RawImages:
         class_ids=class_ids,
         class_names=[str(c) for c in present],
         groups=np.concatenate(groups),
-    )
-
-
-# ---------------------------------------------------------------- one folder per class
-
-def read_folder(root: Path, image_size: int | None) -> RawImages:
-    """Read ``root/<class>/<image>`` for every image format Pillow reads."""
-    if not root.is_dir():
-        raise CactusError(f"folder:{root}: not a folder")
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
-    files = [
-        (class_id, f)
-        for class_id, folder in enumerate(classes)
-        for f in sorted(folder.iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    inside = root.resolve()
-    for entry in [*classes, *(f for _, f in files)]:
-        if not entry.resolve().is_relative_to(inside):
-            raise CactusError(f"folder:{root}: {entry} is a link to {entry.resolve()}, outside the dataset folder")
-    if not files:
-        raise CactusError(f"folder:{root}: no images in class subfolders (expected {root}/<class>/<image>)")
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    colour = False
-    for _, f in files:
-        try:
-            with refuse_large_images(), Image.open(f) as probe:
-                colour |= probe.mode not in ("1", "L", "LA", "I", "I;16", "F")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise CactusError(f"{f}: image too large ({error})") from None
-        except OSError as error:
-            raise CactusError(f"{f}: not a readable image ({error})") from None
-    mode = "RGB" if colour else "L"
-    pixels = [decode_image(f.read_bytes(), str(f), image_size, mode) for _, f in files]
-    shapes = {p.shape for p in pixels}
-    if len(shapes) > 1:
-        raise CactusError(f"folder:{root}: images differ in size {sorted(shapes)[:3]}; pass --image-size")
-    images = np.stack(pixels)
-    if images.ndim == 3:
-        images = images[..., None]
-    return RawImages(
-        images=images,
-        class_ids=np.asarray([c for c, _ in files], dtype=np.int64),
-        class_names=[c.name for c in classes],
     )
 
 

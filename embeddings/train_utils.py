@@ -129,7 +129,7 @@ def train_epochs(
         position = Position.restore(saved, state, steps_per_epoch)
 
     total = epochs * steps_per_epoch
-    if policy.restore("encoder", total, lambda s: int(s["epoch"]) * steps_per_epoch + int(s["step"]), load):
+    if policy.restore("encoder", total, lambda s: int(s["epoch"]) * steps_per_epoch + int(s["step"]), load) is not None:
         log.info(f"embed: resuming from {policy.path} at epoch {position.epoch + 1}, step {position.step}")
     hooks = parallel.start(state) if state is not None else []
     done = position.epoch * steps_per_epoch + position.step

@@ -160,9 +160,9 @@ class CheckpointPolicy:
 
         ``position(saved)`` is the number of steps the checkpoint has done, which must lie in
         [0, total]; ``apply(saved)`` loads it into the trainer. A field missing or malformed (a
-        KeyError, TypeError, ValueError, IndexError or RuntimeError from either) is one CactusError
-        naming the file and the ``what`` it does not fit. Every rank of a distributed run reads the
-        file, so it must be on a file system they share.
+        KeyError, TypeError, ValueError, IndexError, AttributeError or RuntimeError from either) is
+        one CactusError naming the file and the ``what`` it does not fit. Every rank of a distributed
+        run reads the file, so it must be on a file system they share.
         """
         from cactus.core import distributed
 

@@ -30,7 +30,7 @@ def test_precedence_default_file_environment_command_line(tmp_path):
     assert shown["min-cluster-size"] == {"value": 4, "source": f"file {config}"}
     assert shown["partitions"] == {"value": 11, "source": "environment CACTUS_CLUSTER_PARTITIONS"}  # env > file
     assert shown["clusters"] == {"value": 17, "source": "command line"}  # command line > env > file
-    assert show("--config", str(config), "config", "show", "run", "--json")["run"]["eval-shots"]["value"] == "1,5,10"
+    assert show("--config", str(config), "config", "show", "run", "--json")["run"]["eval-shots"]["value"] == [1, 5, 10]
     # CACTUS_CONFIG names the file too
     assert show("config", "show", "cluster", "--json", env={"CACTUS_CONFIG": str(config)})["cluster"]["clusters"][
         "value"] == 7
@@ -44,7 +44,7 @@ def test_config_show_prints_a_config_file_that_reads_back(tmp_path):
     config.write_text(result.stdout)
     again = show("--config", str(config), "config", "show", "run", "--json")["run"]
     assert again["partitions"] == {"value": 7, "source": f"file {config}"}
-    assert again["eval-shots"]["value"] == "1" and again["dim"]["value"] is None
+    assert again["eval-shots"]["value"] == [1] and again["dim"]["value"] is None
 
 
 def test_the_file_really_sets_the_options_and_the_environment_beats_it(tmp_path):

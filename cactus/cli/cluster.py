@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from cactus.cli.options import force_option, json_option
+from cactus.cli.options import force_option, json_option, stage_options
 from cactus.cli.output import emit
 from cactus.core.errors import CactusError
+from cactus.stages.configs import ClusterConfig
 
 
 class WithSubcommands(click.Command):
@@ -39,32 +40,21 @@ def _shard(_ctx, _param, value):
 @click.command(cls=WithSubcommands)
 @click.argument("embeddings", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Partition artifact to write.")
-@click.option("--clusters", "-k", type=int, default=None, help="Clusters per partition [500, fewer on small data].")
-@click.option("--partitions", "-p", type=int, default=100, show_default=True, help="Number of partitions P.")
-@click.option("--min-cluster-size", type=int, default=2, show_default=True,
-              help="Clusters with fewer members are dropped.")
-@click.option("--min-clusters", type=int, default=None, help="Redraw a partition with fewer surviving clusters.")
-@click.option("--iterations", type=int, default=None, help="k-means iterations [8 relaxed, 20 faiss].")
-@click.option("--engine", type=click.Choice(["relaxed", "faiss"]), default="relaxed", show_default=True,
-              help="k-means solver: over-relaxed Lloyd (cactus.clustering.kmeans) or faiss's Lloyd.")
-@click.option("--threads", type=int, default=None,
-              help="Partitions clustered at once [OMP_NUM_THREADS, else every available CPU].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@stage_options(ClusterConfig)
 @click.option("--shard", default=None, callback=_shard, metavar="I/N",
               help="Compute only partitions p with p % N == I (a batch array task); join with `cluster merge`.")
 @force_option
 @json_option
-def cluster(embeddings, out, clusters, partitions, min_cluster_size, min_clusters, iterations, engine, threads, seed,
-            shard, force, as_json):
+def cluster(embeddings, out, shard, force, as_json, **values):
     """Build P k-means partitions of the meta-train embeddings.
 
     `cactus cluster merge SHARD... -o OUT` joins the artifacts of `--shard 0/N` ... `--shard N-1/N`
     into the artifact one unsharded run writes.
     """
     from cactus.stages.cluster import run_cluster
+    from cactus.stages.options import build
 
-    result = run_cluster(out, embeddings, clusters, partitions, seed, min_cluster_size, min_clusters, iterations,
-                         force, shard, engine, threads)
+    result = run_cluster(out, embeddings, build(ClusterConfig, values), force=force, shard=shard)
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")
 
 

@@ -19,7 +19,6 @@ its ``default_map``, so click's own resolution order gives exactly this.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,10 @@ def _param_for(command: click.Command, key: str) -> click.Parameter | None:
 
 def _convert(param: click.Parameter, value: Any) -> Any:
     """A TOML list for a one-string option (``eval-shots = [1, 5]``) becomes ``"1,5"``."""
+    from cactus.cli.options import DeclaredType
+
+    if isinstance(param.type, DeclaredType):
+        return value  # checked against its declaration when click converts it
     if isinstance(value, list) and param.nargs == 1 and not getattr(param, "multiple", False):
         return ",".join(str(v) for v in value)
     return value
@@ -171,7 +174,7 @@ def effective(root_ctx: click.Context, path: list[str], command: click.Command,
         if value is getattr(click.core, "UNSET", None):  # click >= 8.3: a missing value
             value = None
         rows.append({"option": option, "value": _plain(value), "source": where})
-    _mark_preset(path, rows)
+    _mark_preset(path, rows, ctx)
     return rows
 
 
@@ -181,7 +184,7 @@ def display_name(param: click.Parameter) -> str:
     return long_names[0] if long_names else (param.name or "").replace("_", "-")
 
 
-def _mark_preset(path: list[str], rows: list[dict[str, Any]]) -> None:
+def _mark_preset(path: list[str], rows: list[dict[str, Any]], ctx: click.Context) -> None:
     """``cactus run --preset``: options left at their default take the preset's value."""
     if path != ["run"]:
         return
@@ -191,10 +194,11 @@ def _mark_preset(path: list[str], rows: list[dict[str, Any]]) -> None:
         return
     from cactus.stages.presets import preset_values
 
+    params = {param.name: param for param in ctx.command.params}
     for name, value in preset_values(preset, budget).items():
         row = values.get(name.replace("_", "-"))
         if row is not None and row["source"] == "default":
-            row.update(value=_plain(value), source=f"preset {preset} ({budget})")
+            row.update(value=_plain(params[name].type_cast_value(ctx, value)), source=f"preset {preset} ({budget})")
 
 
 def _plain(value: Any) -> Any:
@@ -205,32 +209,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def toml_value(value: Any) -> str | None:
-    """A TOML literal for ``value``; None has no TOML form."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        parts = [toml_value(v) for v in value]
-        return "[" + ", ".join(p for p in parts if p is not None) + "]"
-    return json.dumps(str(value))
-
-
 def as_toml(sections: dict[str, list[dict[str, Any]]]) -> str:
-    """The effective config as a TOML file (each value's source as a comment); unset options commented out."""
+    """The effective config as a TOML file, written by tomli-w, each value's source as a comment.
+
+    Options without a value (None has no TOML form) are listed commented out.
+    """
+    import re
+
+    import tomli_w
+
     lines: list[str] = []
     for section, rows in sections.items():
-        lines.append(f"[{section}]")
-        width = max((len(r["option"]) for r in rows), default=0)
+        nested: dict[str, Any] = {"x": 0}
+        for name in reversed(section.split(".")):  # [rule.meta-train]: the table meta-train inside rule
+            nested = {name: nested}
+        lines.append(tomli_w.dumps(nested).splitlines()[0])
         for row in rows:
-            literal = toml_value(row["value"])
-            if literal is None:
-                lines.append(f"# {row['option']:<{width}} =  (unset; {row['source']})")
-            else:
-                lines.append(f"{row['option']:<{width}} = {literal}  # {row['source']}")
+            if row["value"] is None:
+                lines.append(f"# {row['option']} =  (unset; {row['source']})")
+            else:  # one line per option (tomli-w spreads arrays over lines; its strings hold no raw newline)
+                pair = re.sub(r"\n\s*", " ", tomli_w.dumps({row["option"]: row["value"]}).strip())
+                lines.append(f"{pair}  # {row['source']}")
         lines.append("")
     return "\n".join(lines)
 

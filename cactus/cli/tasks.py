@@ -6,23 +6,21 @@ from pathlib import Path
 
 import click
 
-from cactus.cli.options import force_option, json_option
+from cactus.cli.options import force_option, json_option, stage_options
 from cactus.cli.output import emit
+from cactus.stages.configs import TasksConfig
 
 
 @click.command()
 @click.argument("partitions", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Tasks artifact to write.")
-@click.option("--ways", "-n", type=int, default=5, show_default=True)
-@click.option("--shots", "-k", type=int, default=1, show_default=True)
-@click.option("--queries", "-q", type=int, default=5, show_default=True)
-@click.option("--num-tasks", type=int, default=10000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@stage_options(TasksConfig)
 @force_option
 @json_option
-def tasks(partitions, out, ways, shots, queries, num_tasks, seed, force, as_json):
+def tasks(partitions, out, force, as_json, **values):
     """Sample N-way K-shot pseudo-tasks from the partitions."""
+    from cactus.stages.options import build
     from cactus.stages.tasks import run_tasks
 
-    result = run_tasks(out, partitions, ways, shots, queries, num_tasks, seed, force)
+    result = run_tasks(out, partitions, build(TasksConfig, values), force=force)
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from cactus.core.errors import CactusError
 from cactus.core.progress import Progress
 from cactus.core.store import read_artifact, write_artifact
 from cactus.stages.common import StageResult, up_to_date
+from cactus.stages.configs import ClusterConfig
+from cactus.stages.options import configure, key_config
 
 STAGE = "cluster"
 SHARD_STAGE = "cluster-shard"
@@ -117,32 +120,23 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def run_cluster(
-    out: Path,
-    embed_file: Path,
-    clusters: int | None = None,
-    partitions: int = 100,
-    seed: int = 0,
-    min_cluster_size: int = 2,
-    min_clusters: int | None = None,
-    iterations: int | None = None,
-    force: bool = False,
-    shard: tuple[int, int] | None = None,
-    engine: str = "relaxed",
-    threads: int | None = None,
-) -> StageResult:
+def run_cluster(out: Path, embed_file: Path, options: ClusterConfig | None = None, *, force: bool = False,
+                shard: tuple[int, int] | None = None, **fields) -> StageResult:
     """Write /labels (P, M) int32 (-1 = dropped small cluster) and /rows (M,) dataset indices.
 
+    options: the stage's settings (or give its fields by name: ``clusters=30, partitions=3``). The
+    key hashes those declared ``key``, with ``clusters``, ``min_clusters`` and ``iterations``
+    resolved (None: :func:`default_clusters`, k / 10, the engine's
+    :data:`cactus.clustering.partitions.DEFAULT_ITERATIONS`); ``threads`` (default:
+    ``OMP_NUM_THREADS``, else every available CPU) changes only the speed, never the labels.
     With ``shard`` = (I, N) only the partitions p with p % N == I are computed, into a
     ``cluster-shard`` artifact (/labels (P_I, M), /partitions (P_I,)); :func:`merge_shards`
-    joins the N shards into the artifact an unsharded run writes. ``iterations`` None is the
-    engine's default (:data:`cactus.clustering.partitions.DEFAULT_ITERATIONS`); ``threads`` (default:
-    ``OMP_NUM_THREADS``, else every available CPU) changes only the speed, never the labels, so it
-    is not part of the key.
+    joins the N shards into the artifact an unsharded run writes.
     """
     from cactus.clustering.partitions import partitions as make_partitions
     from cactus.clustering.partitions import resolved_iterations
 
+    options = configure(ClusterConfig, options, fields)
     started = time.monotonic()
     streamed = None
     if embed_file.is_file() and embeddings_nbytes(embed_file) > STREAM_ABOVE_BYTES:
@@ -150,17 +144,12 @@ def run_cluster(
         embedded, rows, train = streamed.header, streamed.rows, None
     else:
         embedded, rows, train = load_train_embeddings(embed_file)
-    k = clusters or default_clusters(len(rows))
-    if partitions < 1:
-        raise CactusError(f"--partitions {partitions}: must be at least 1")
-    if k < 2:
-        raise CactusError(f"--clusters {k}: must be at least 2")
-    iterations = resolved_iterations(engine, iterations)
-    if threads is not None and threads < 1:
-        raise CactusError(f"--threads {threads}: must be at least 1")
-    min_clusters = min_clusters if min_clusters is not None else max(2, k // 10)
-    config = {"clusters": k, "partitions": partitions, "seed": seed, "min_cluster_size": min_cluster_size,
-              "min_clusters": min_clusters, "iterations": iterations, "engine": engine}
+    k = options.clusters or default_clusters(len(rows))
+    options = replace(options, clusters=k, iterations=resolved_iterations(options.engine, options.iterations),
+                      min_clusters=options.min_clusters if options.min_clusters is not None else max(2, k // 10))
+    partitions, seed, engine, threads = options.partitions, options.seed, options.engine, options.threads
+    min_cluster_size, min_clusters, iterations = options.min_cluster_size, options.min_clusters, options.iterations
+    config = key_config(options)
     sample_size = None
     if streamed is not None and len(rows) > k * POINTS_PER_CENTROID:
         sample_size = k * POINTS_PER_CENTROID  # k-means fitted on a sample, every row then labelled

@@ -9,6 +9,8 @@ from typing import Any
 from cactus.core import log
 from cactus.core.errors import CactusError
 from cactus.core.store import cached_key, compute_key
+from cactus.datasets.dataset import SPLIT_RULES
+from cactus.stages.options import Checked, option
 
 
 @dataclass
@@ -53,13 +55,18 @@ def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bo
 
 
 @dataclass(frozen=True)
-class DataRef:
-    """How to load the dataset again: recorded in every artifact so later stages find the images."""
+class DataRef(Checked):
+    """How to load the dataset again: recorded in every artifact so later stages find the images.
 
-    spec: str = "digits"
-    image_size: int | None = None
-    split: str = "default"
-    split_seed: int = 0
+    Its fields are the ``--data``, ``--image-size``, ``--split`` and ``--split-seed`` options of the
+    commands that read a dataset (embed, meta's oracle, run).
+    """
+
+    spec: str = option("digits", "digits | omniglot:PATH | idx:PATH | folder:PATH | npz:PATH | h5:PATH", name="data")
+    image_size: int | None = option(None, "Resize images to SIZE x SIZE (Omniglot: 28).", kind=int, low=1)
+    split: str = option("default", "How images are split into meta-train / validation / test.",
+                        choices=SPLIT_RULES)
+    split_seed: int = option(0, "Seed of the class split.", kind=int, low=0)
 
     def as_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "image_size": self.image_size, "split": self.split, "split_seed": self.split_seed}
@@ -68,7 +75,7 @@ class DataRef:
     def from_dict(cls, value: Any, where: Path) -> DataRef:
         try:
             return cls(str(value["spec"]), value["image_size"], str(value["split"]), int(value["split_seed"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, CactusError):
             raise CactusError(f"{where}: artifact has no valid dataset reference") from None
 
     def load(self):

@@ -13,6 +13,7 @@ from cactus.core.errors import CactusError
 from cactus.core.store import read_artifact, write_artifact
 from cactus.core.training import CheckpointPolicy, checkpoint_path
 from cactus.stages.common import DataRef, StageResult, up_to_date
+from cactus.stages.configs import EmbedConfig
 from embeddings.fit_state import fit_session
 
 STAGE = "embed"
@@ -162,3 +163,10 @@ def load_encoder(artifact):
     except (TypeError, KeyError, ValueError) as error:
         raise CactusError(f"{artifact.path}: stored encoder cannot be rebuilt ({error})") from None
     return encoder
+
+
+def embed_stage(out: Path, settings: EmbedConfig, encoder_file: Path | None = None,
+                force: bool = False) -> StageResult:
+    """:func:`run_embed` with the declared settings of ``cactus embed`` (:class:`EmbedConfig`)."""
+    return run_embed(out, settings.data, settings.method, settings.encoder_options(), encoder_file, force,
+                     settings.resume, settings.checkpoint_every)

@@ -26,11 +26,8 @@ from cactus.evaluation.baselines import (
     predict_knn,
 )
 from cactus.stages.common import check_fingerprint, data_of
+from cactus.stages.configs import EvaluateConfig
 from cactus.task_sampling import sample_tasks
-
-META_LEARNERS = ("protonets", "maml")
-LEARNERS = META_LEARNERS + EMBEDDING_LEARNERS
-BENCHMARKS = ("tasks", "omniglot-lake-runs")
 
 
 def _choose_learner(artifact, learner: str | None) -> str:
@@ -66,27 +63,38 @@ def run_evaluate(
     benchmark: str = "tasks",
     runs_path: Path | None = None,
 ) -> dict:
-    """Evaluate an artifact; returns {"learner", "supervised", "results": [...], ...}."""
+    """Python API of :func:`evaluate_stage` (positional, as before the declarations; one setting by default)."""
+    settings = EvaluateConfig(learner=learner, ways=tuple(ways), shots=tuple(shots), queries=queries,
+                              num_tasks=num_tasks, seed=seed, benchmark=benchmark, device=device, threads=threads)
+    return evaluate_stage(artifact_path, settings, embeddings_path, runs_path)
+
+
+def evaluate_stage(artifact_path: Path, settings: EvaluateConfig, embeddings_path: Path | None = None,
+                   runs_path: Path | None = None) -> dict:
+    """Evaluate an artifact; returns {"learner", "supervised", "results": [...], ...}.
+
+    ``embeddings_path``: the embed artifact a cluster artifact was made from (cluster-matching);
+    ``runs_path``: Lake et al.'s runs for ``benchmark`` "omniglot-lake-runs".
+    """
     started = time.monotonic()
-    if benchmark not in BENCHMARKS:
-        raise CactusError(f"--benchmark {benchmark!r}: expected one of {', '.join(BENCHMARKS)}")
+    s = settings
     artifact = read_artifact(artifact_path)
-    learner = _choose_learner(artifact, learner)
+    learner = _choose_learner(artifact, s.learner)
     dataset = data_of(artifact).load()
     check_fingerprint(artifact, dataset)
     report = {"artifact": str(artifact_path), "learner": learner,
               "supervised": bool(artifact.attrs.get("supervised", False)), "data": dataset.spec}
-    if benchmark == "omniglot-lake-runs":
-        report.update(_lake_runs(artifact, learner, dataset, runs_path, device, threads, seed))
+    if s.benchmark == "omniglot-lake-runs":
+        report.update(_lake_runs(artifact, learner, dataset, runs_path, s.device, s.threads, s.seed))
     else:
         rows = dataset.indices(TEST)
         if len(rows) == 0:
             raise CactusError(f"--data {dataset.spec}: the split has no test classes to evaluate on")
         labels = dataset.true_labels()[rows]
         report["results"] = [
-            _one_setting(artifact, learner, dataset, rows, labels, n_way, k_shot, queries, num_tasks, seed, device,
-                         threads, embeddings_path)
-            for n_way in ways for k_shot in shots
+            _one_setting(artifact, learner, dataset, rows, labels, n_way, k_shot, s.queries, s.num_tasks, s.seed,
+                         s.device, s.threads, embeddings_path)
+            for n_way in s.ways for k_shot in s.shots
         ]
     report["seconds"] = round(time.monotonic() - started, 2)
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +15,39 @@ from cactus.core.store import write_artifact
 from cactus.core.training import checkpoint_path
 from cactus.datasets.dataset import TRAIN, VAL
 from cactus.stages.common import DataRef, StageResult, check_fingerprint, data_of, up_to_date
+from cactus.stages.configs import MetaConfig
+from cactus.stages.options import configure, key_config
 
 STAGE = "meta"
-VALIDATIONS = ("pseudo", "labels", "none")
 
 
-def run_meta(
-    out: Path,
-    tasks_file: Path | None,
-    algo: str = "protonets",
-    options: dict[str, Any] | None = None,
-    iterations: int = 2000,
-    meta_batch: int = 1,
-    seed: int = 0,
-    device: str = "auto",
-    threads: int | None = None,
-    validation: str = "pseudo",
-    validation_tasks: int = 100,
-    validate_every: int = 500,
-    resume: bool = False,
-    checkpoint_every_s: float = 300.0,
-    force: bool = False,
-    oracle: dict[str, Any] | None = None,
-    chunks: dict[str, int | bool] | None = None,
-) -> StageResult:
+def run_meta(out: Path, tasks_file: Path | None, algo: str | MetaConfig = "protonets",
+             options: dict[str, Any] | None = None, *, force: bool = False, **fields) -> StageResult:
+    """Python API: :func:`meta_stage` with the settings given by field name.
+
+    ``algo`` (or a whole :class:`MetaConfig`), ``options``: the learner's hyper-parameters
+    ({"filters": 8, "init_from": EMBED_ARTIFACT, ...}) and ``fields`` the other settings
+    (``iterations=5, validation="none", device="cpu"``), all named as in :class:`MetaConfig`.
+    """
+    if isinstance(algo, MetaConfig):
+        return meta_stage(out, tasks_file, configure(MetaConfig, algo, fields), (options or {}).get("init_from"),
+                          force)
+    options = dict(options or {})
+    init_from = options.pop("init_from", None)
+    return meta_stage(out, tasks_file, configure(MetaConfig, None, {"algo": algo, **options, **fields}), init_from,
+                      force)
+
+
+def meta_stage(out: Path, tasks_file: Path | None, settings: MetaConfig, init_from: Path | None = None,
+               force: bool = False) -> StageResult:
     """Meta-train and write /weights/*, /curve/* and /validation/*.
 
-    ``oracle`` (supervised, true labels): {"data": DataRef, "ways", "shots", "queries", "num_tasks"}
-    replaces ``tasks_file`` with true-label tasks of the meta-train classes. ``chunks`` (MAML only:
-    ``task_chunk`` / ``query_chunk`` / ``recompute``) trades speed for memory with the same meta-gradient, so it is
-    not part of the artifact's key.
+    ``settings.tasks_from == "labels"`` (the supervised oracle) replaces ``tasks_file`` with
+    true-label tasks of the meta-train classes of ``settings.data``. ``init_from``: an embed
+    artifact whose encoder ProtoNets start from. The key hashes the learner's config (from the
+    options declared key="learner"), the options declared key=True (``meta_batch`` resolved) and,
+    for the oracle, its task shape; ``task_chunk`` / ``query_chunk`` / ``recompute`` (MAML's memory
+    knobs, same meta-gradient), ``device``, ``threads`` and the checkpoint options are not part of it.
     """
     from cactus.core import distributed
     from cactus.core.device import resolve_device
@@ -53,11 +57,15 @@ def run_meta(
     from cactus.task_sampling import sample_tasks
 
     started = time.monotonic()
-    if validation not in VALIDATIONS:
-        raise CactusError(f"--validation {validation!r}: expected one of {', '.join(VALIDATIONS)}")
-    for name, value in (("--iterations", iterations), ("--meta-batch", meta_batch)):
-        if value < 1:
-            raise CactusError(f"{name} {value}: must be at least 1")
+    settings = replace(settings, meta_batch=settings.batch)
+    algo, iterations, meta_batch, seed = settings.algo, settings.iterations, settings.meta_batch, settings.seed
+    device, threads, validation = settings.device, settings.threads, settings.validation
+    validation_tasks, validate_every = settings.validation_tasks, settings.validate_every
+    oracle = None
+    if settings.tasks_from == "labels":
+        if tasks_file is not None:
+            raise CactusError("--tasks-from labels: give --data instead of a TASKS artifact")
+        oracle = {"data": settings.data, **key_config(settings, "oracle")}
     if oracle is not None:
         data: DataRef = oracle["data"]
         dataset = data.load()
@@ -81,20 +89,18 @@ def run_meta(
         tasks_info = None
         attrs = {k: tasks_artifact.attrs[k] for k in ("data", "data_fingerprint") if k in tasks_artifact.attrs}
         attrs["supervised"] = False
-    options = dict(options or {})
+    options = settings.learner_options()
     encoder_state = None
-    if options.get("init_from") is not None:
+    if init_from is not None:
         from cactus.core.store import read_artifact
 
-        embedded = read_artifact(options.pop("init_from"), stage="embed")
+        embedded = read_artifact(init_from, stage="embed")
         check_fingerprint(embedded, dataset)
         options["encoder"] = embedded.config["encoder"]
         encoder_state = embedded.group("encoder")
         inputs = [*inputs, embedded.key]
     learner_cfg = learner_config(algo, tasks.ways, options)
-    config = {"learner": learner_cfg, "iterations": iterations, "meta_batch": meta_batch, "seed": seed,
-              "validation": validation, "validation_tasks": validation_tasks, "validate_every": validate_every,
-              "tasks_from": "labels" if oracle is not None else "partitions"}
+    config = {"learner": learner_cfg, **key_config(settings)}
     if tasks_info:
         config["oracle_tasks"] = tasks_info
     torch_device = resolve_device(device, threads)
@@ -108,7 +114,7 @@ def run_meta(
     if skipped:
         return StageResult(STAGE, out, key, True)
 
-    learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed, encoder_state, chunks)
+    learner = build_learner(learner_cfg, dataset.image_shape, torch_device, seed, encoder_state, settings.chunks())
     batches = TaskBatches(dataset.images, tasks, torch_device)
     train_ids = np.arange(len(tasks))
     validate = None
@@ -124,8 +130,8 @@ def run_meta(
     log.info(f"meta: {algo} on {len(train_ids)} {tasks.ways}-way {tasks.shots}-shot tasks, "
              f"{iterations} iterations x {meta_batch} tasks on {torch_device}{ranks}{supervised}")
     train_start = time.monotonic()
-    curves = meta_train(learner, batches, train_ids, iterations, meta_batch, checkpoint_path(out), key, resume,
-                        checkpoint_every_s, validate, validate_every, world=world)
+    curves = meta_train(learner, batches, train_ids, iterations, meta_batch, checkpoint_path(out), key, settings.resume,
+                        settings.checkpoint_every, validate, validate_every, world=world)
     train_seconds = time.monotonic() - train_start
     if not world.is_main:  # rank 0 writes the artifact
         return StageResult(STAGE, out, key, False, time.monotonic() - started, {"rank": world.rank})

@@ -9,7 +9,6 @@ key (``device``, ``threads``, ``force``) are the caller's.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ from cactus.core import log
 from cactus.core.errors import CactusError
 from cactus.core.store import Artifact, read_artifact
 from cactus.stages.common import DataRef, StageResult
+from cactus.stages.configs import ClusterConfig, MetaConfig, TasksConfig, runtime_options
+from cactus.stages.options import declared, from_stored
 
 UPSTREAM = {"meta": "tasks", "tasks": "cluster", "cluster": "embed"}
 
@@ -47,56 +48,64 @@ def chain(path: Path) -> list[Artifact]:
     return found
 
 
-def _matching(function, config: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The config entries that are parameters of ``function`` (by name)."""
-    names = set(inspect.signature(function).parameters) - set(skip)
-    unknown = sorted(set(config) - names - set(skip))
-    if unknown:
-        log.warn(f"replay: stored config keys {', '.join(unknown)} are not options of {function.__name__} any more")
-    return {k: v for k, v in config.items() if k in names}
-
-
 def replay_stage(artifact: Artifact, out: Path, previous: Path | None, device: str, threads: int | None,
                  force: bool, replayed: dict[str, Path] | None = None) -> StageResult:
     """Run ``artifact``'s stage again with its stored config, writing ``out``.
 
-    previous: the replayed input artifact; replayed: {original key: replayed path} of the chain so far.
+    The stored config is turned back into the stage's declared settings (:mod:`cactus.stages.configs`):
+    a key this version does not declare, or one it needs that the artifact lacks, is one error line
+    saying to recompute. previous: the replayed input artifact; replayed: {original key: replayed
+    path} of the chain so far.
     """
     replayed = replayed or {}
-    config = artifact.config
+    config, where = artifact.config, artifact.path
     if artifact.stage == "embed":
         from cactus.stages.embed import run_embed
 
-        params = dict(config["encoder"])
-        method = params.pop("method")
+        params = dict(config.get("encoder") or {})
+        method = params.pop("method", None)
+        if method is None:
+            raise CactusError(f"{where}: its embed config names no encoder method; recompute it")
         encoder_file = find_input(artifact, "embed").path if config.get("encoder_from") else None
-        return run_embed(out, DataRef.from_dict(config["data"], artifact.path), method, params, encoder_file, force)
+        return run_embed(out, DataRef.from_dict(config.get("data"), where), method,
+                         {**params, **runtime_options(method, device, threads)}, encoder_file, force)
     if artifact.stage == "cluster":
         from cactus.stages.cluster import run_cluster
 
-        options = _matching(run_cluster, config, ("out", "embed_file", "force"))
-        options.setdefault("engine", "faiss")  # artifacts from before the relaxed engine were faiss's
-        return run_cluster(out, previous, **options, force=force)
+        # artifacts from before the relaxed engine were faiss's; train_sample is derived from the data
+        options = from_stored(ClusterConfig, config, where, "cluster", {"threads": threads},
+                              old_defaults={"engine": "faiss"}, derived=("train_sample",))
+        return run_cluster(out, previous, options, force=force)
     if artifact.stage == "tasks":
         from cactus.stages.tasks import run_tasks
 
-        return run_tasks(out, previous, **_matching(run_tasks, config, ("out", "cluster_file", "force")), force=force)
-    from cactus.stages.meta import run_meta
+        return run_tasks(out, previous, from_stored(TasksConfig, config, where, "tasks"), force=force)
+    from cactus.stages.meta import meta_stage
 
-    learner = dict(config["learner"])
-    algo = learner.pop("algo")
+    learner = dict(config.get("learner") or {}) if isinstance(config.get("learner"), dict) else None
+    if learner is None or "algo" not in learner:
+        raise CactusError(f"{where}: its meta config has no learner; recompute it")
     learner.pop("ways", None)  # the tasks fix it
+    init_from = None
     if learner.pop("encoder", None) is not None:  # --init-from: start from the encoder of an embed artifact
         source = find_input(artifact, "embed")
-        learner["init_from"] = replayed.get(source.key, source.path)
-    oracle = None
+        init_from = replayed.get(source.key, source.path)
+    fixed: dict[str, Any] = {"device": device, "threads": threads}
     if config.get("tasks_from") == "labels":
-        oracle = {"data": DataRef.from_dict(artifact.attrs.get("data"), artifact.path), **config["oracle_tasks"]}
+        oracle = config.get("oracle_tasks")
+        if not isinstance(oracle, dict):
+            raise CactusError(f"{where}: an oracle learner without its oracle_tasks; recompute it")
+        fixed.update(oracle)
+        fixed.update(DataRef.from_dict(artifact.attrs.get("data"), where).as_dict())
         previous = None
-    rest = _matching(run_meta, config, ("out", "tasks_file", "algo", "options", "learner", "tasks_from",
-                                        "oracle_tasks", "oracle", "device", "threads", "force"))
-    return run_meta(out, previous, algo, learner, device=device, threads=threads, force=force, oracle=oracle,
-                    **rest)
+    top = {k: v for k, v in config.items() if k not in ("learner", "oracle_tasks")}
+    learner_fields = {entry.field for entry in declared(MetaConfig, key="learner")}
+    unknown = sorted(set(learner) - learner_fields)
+    if unknown:
+        raise CactusError(f"{where}: its learner config has {', '.join(unknown)}, not an option of this version "
+                          "of cactus; recompute it")
+    settings = from_stored(MetaConfig, top, where, "meta", {**fixed, **learner})
+    return meta_stage(out, previous, settings, init_from, force)
 
 
 def replay(path: Path, out_dir: Path, device: str = "auto", threads: int | None = None,

@@ -10,28 +10,33 @@ import numpy as np
 from cactus.core.errors import CactusError
 from cactus.core.store import read_artifact, write_artifact
 from cactus.stages.common import StageResult, up_to_date
+from cactus.stages.configs import TasksConfig
+from cactus.stages.options import configure, key_config
 from cactus.task_sampling import TaskSet, sample_tasks
 
 STAGE = "tasks"
 
 
-def run_tasks(
-    out: Path,
-    cluster_file: Path,
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 5,
-    num_tasks: int = 10000,
-    seed: int = 0,
-    force: bool = False,
-) -> StageResult:
-    """Write /support (T, N*K), /query (T, N*Q) int32 dataset indices and /partition (T,) int32."""
+def run_tasks(out: Path, cluster_file: Path, options: TasksConfig | None = None, *, force: bool = False,
+              **fields) -> StageResult:
+    """Write /support (T, N*K), /query (T, N*Q) int32 dataset indices and /partition (T,) int32.
+
+    options: the stage's settings (or give its fields by name: ``ways=5, num_tasks=100``); the key
+    hashes every one of them.
+    """
+    options = configure(TasksConfig, options, fields)
+    ways, shots, queries = options.shape.ways, options.shape.shots, options.shape.queries
+    num_tasks, seed = options.shape.num_tasks, options.seed
     started = time.monotonic()
     clustered = read_artifact(cluster_file, stage="cluster")
     labels, rows = clustered.array("labels"), clustered.array("rows")
     if labels.ndim != 2 or rows.ndim != 1 or labels.shape[1] != len(rows) or labels.dtype.kind not in "iu":
         raise CactusError(f"{cluster_file}: malformed labels {labels.shape} for {rows.shape} rows")
-    config = {"ways": ways, "shots": shots, "queries": queries, "num_tasks": num_tasks, "seed": seed}
+    most = max((len(np.unique(row[row >= 0])) for row in labels), default=0)
+    if most < ways:
+        raise CactusError(f"--ways {ways}: the partitions of {cluster_file} have at most {most} clusters; use fewer "
+                          "ways or more clusters (--clusters)")
+    config = key_config(options)
     key, skipped = up_to_date(STAGE, out, config, [clustered.key], force)
     if skipped:
         return StageResult(STAGE, out, key, True)

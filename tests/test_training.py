@@ -179,3 +179,14 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
     monkeypatch.undo()
     assert load_checkpoint(path, "k") == {"key": "k", "done": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("value", ["nan", "-1"])
+def test_rule_meta_train_refuses_a_negative_interval(value):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, ["rule", "meta-train", "--data", "digits", "--checkpoint-every", value])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].endswith(": must be 0 or more seconds")

@@ -1,13 +1,26 @@
-"""The encoder contract every ``cactus embed --method NAME`` follows (scikit-learn style).
+"""The encoder contract every ``cactus embed --method NAME`` follows (scikit-learn's conventions).
 
-``__init__`` only stores hyper-parameters; ``fit(images)`` learns and returns ``self``;
-learned attributes end in ``_``; ``get_params()`` is exactly what the cache key hashes;
-``get_state()`` / ``from_state()`` turn the learned weights into plain numpy arrays that the
-HDF5 artifact stores (never pickles).
+- Every parameter is an argument of ``__init__``, stored unchanged under its own name. The
+  encoders are dataclasses, so ``__init__`` is generated from the declared fields and does
+  nothing else: options are checked by :meth:`Encoder.check_params` (from :meth:`fit`, and by
+  :meth:`Encoder.from_params` so that a bad option fails before any data is read); defaults that
+  depend on other parameters (``epochs`` under ``quick``) are resolved where they are used.
+- :meth:`Encoder.get_params` is derived from the ``__init__`` signature, like scikit-learn's
+  ``BaseEstimator.get_params``: ``type(e)(**e.get_params())`` is a fresh copy of ``e``.
+- The embed stage's cache key hashes :meth:`Encoder.key_params`: the method name and
+  ``get_params()`` less :attr:`Encoder.NOT_IN_KEY`, the one list of parameters that choose where
+  and how fast a fit runs rather than what it computes. The same dict is stored as the artifact's
+  ``encoder`` config, from which :meth:`Encoder.from_params` rebuilds the encoder.
+- ``fit(images)`` learns and returns ``self``; ``seed`` becomes torch / numpy generators inside
+  ``fit``; learned attributes end in ``_``.
+- ``get_state()`` / ``set_state()`` turn the learned weights into plain numpy arrays that the
+  HDF5 artifact stores (never pickles).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,11 +35,64 @@ class Encoder:
     #: Why a multi-process (torchrun) fit could not equal a one-process fit; None: it can
     #: (the encoder splits its batches with :mod:`embeddings.parallel`).
     not_data_parallel: ClassVar[str | None] = "it has no data-parallel training loop"
+    #: The parameters left out of the cache key and of the stored ``encoder`` config, for every
+    #: encoder: ``device`` and ``threads`` choose where and how fast a fit runs, not what it learns
+    #: (the same seed gives the same weights up to float rounding, which differs with the device and
+    #: the thread count). A replayed or reused artifact takes them from the caller.
+    NOT_IN_KEY: ClassVar[tuple[str, ...]] = ("device", "threads")
+    #: Parameters that must be positive numbers (None, where allowed, is not checked): see check_params.
+    positive_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, dim: int = 64, seed: int = 0, **hyper: Any) -> None:
-        self.dim = dim
-        self.seed = seed
-        self.hyper = hyper
+    # -- parameters -------------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The names of the ``__init__`` arguments, in signature order (scikit-learn's ``_get_param_names``)."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names = [p.name for p in parameters if p.name != "self"]
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+            raise TypeError(f"{cls.__name__}.__init__ must name every parameter (no *args / **kwargs)")
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """Every ``__init__`` argument by name, as stored: ``type(self)(**self.get_params())`` clones."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def key_params(self) -> dict[str, Any]:
+        """What the embed stage's cache key hashes and its artifact stores: method + params less NOT_IN_KEY."""
+        params = {k: v for k, v in self.get_params().items() if k not in self.NOT_IN_KEY}
+        return {"method": self.name, **params}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], stored: object = None) -> Encoder:
+        """An encoder from option values or a stored ``encoder`` config (a ``method`` entry is ignored).
+
+        An unknown or missing parameter, or a bad value, is a one-line CactusError naming the
+        option; ``stored`` (the artifact the config came from) adds that the artifact needs recomputing.
+        """
+        names = cls.param_names()
+        given = {k: v for k, v in params.items() if k != "method"}
+        unknown = [k for k in given if k not in names]
+        required = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is p.empty and n != "self"]
+        missing = [n for n in required if n not in given]
+        problem = (f"unknown option {unknown[0]!r} (it takes {', '.join(names)})" if unknown
+                   else f"option {missing[0]!r} is required" if missing else None)
+        if problem is not None:
+            where = f"; {stored} was made by another version of cactus: recompute it" if stored is not None else ""
+            raise CactusError(f"--method {cls.name}: {problem}{where}")
+        encoder = cls(**given)
+        encoder.check_params()
+        return encoder
+
+    def check_params(self) -> None:
+        """Raise CactusError naming the option for a value the encoder cannot use (here: ``positive_params``)."""
+        from embeddings.train_utils import check_options
+
+        check_options(**{name: getattr(self, name) for name in self.positive_params})
+
+    def input_keys(self) -> list[str]:
+        """Content keys of the files the parameters name; they join the cache key's inputs (none here)."""
+        return []
 
     # -- the contract -------------------------------------------------------------------
     def fit(self, images: np.ndarray) -> Encoder:
@@ -37,10 +103,6 @@ class Encoder:
         """Embed images (N, H, W, C) uint8 -> (N, D) float32."""
         raise NotImplementedError
 
-    def get_params(self) -> dict[str, Any]:
-        """JSON-able hyper-parameters; the embed stage's cache key hashes exactly these."""
-        return {"method": self.name, "dim": self.dim, "seed": self.seed, **self.hyper}
-
     def get_state(self) -> dict[str, np.ndarray]:
         """Learned weights as named numpy arrays, stored as HDF5 datasets."""
         raise NotImplementedError
@@ -50,12 +112,14 @@ class Encoder:
         raise NotImplementedError
 
     # -- shared helpers -----------------------------------------------------------------
-    def fit_transform(self, images: np.ndarray) -> np.ndarray:
-        return self.fit(images).transform(images)
-
     def _remember_input(self, images: np.ndarray) -> None:
         check_images(images)
         self.input_shape_ = tuple(int(s) for s in images.shape[1:])
+
+    def _restore_input_shape(self, state: Mapping[str, np.ndarray]) -> None:
+        if "input_shape" not in state:
+            raise CactusError(f"{self.name} encoder: stored weights lack 'input_shape'")
+        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
 
     def _check_input(self, images: np.ndarray) -> None:
         check_images(images)

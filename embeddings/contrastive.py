@@ -8,18 +8,16 @@ default, with batch-norm statistics re-estimated on the clean training images af
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cactus.core.errors import CactusError
-from embeddings.base import Encoder
+from embeddings.torch_encoder import TorchEncoder
 
 if TYPE_CHECKING:
     import torch
-
-QUICK_EPOCHS = 3
-FULL_EPOCHS = 10
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,60 +33,50 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-class ContrastiveEncoder(Encoder):
+@dataclass(eq=False, kw_only=True)
+class ContrastiveEncoder(TorchEncoder):
     """SimCLR on a conv4 backbone.
 
     Hyper-parameters: ``dim`` channels of the last conv block (= embedding size), ``width`` channels
     of the other blocks, ``depth`` blocks, ``proj_dim`` projection size, ``temperature`` of NT-Xent,
-    Adam with ``lr`` and a cosine schedule over ``epochs``; ``quick`` picks the short preset
-    (``QUICK_EPOCHS``) when ``epochs`` is not given. Learned: ``backbone_`` (torch module),
+    AdamW with ``lr``, ``weight_decay`` and a cosine schedule over ``epochs`` (``quick``: 3 epochs
+    instead of 10 when ``epochs`` is not given); ``normalize``: unit-length embeddings.
+    Learned: ``backbone_`` (torch module), ``head_`` (the projection head, used only in training),
     ``losses_`` (mean loss per epoch).
     """
 
     name = "contrastive"
     not_data_parallel = None
+    learned_modules = {"backbone_": "backbone/"}
+    quick_epochs, full_epochs = 3, 10
+    positive_params = ("dim", "width", "depth", "epochs", "batch_size", "lr", "temperature", "proj_dim")
 
-    def __init__(
-        self,
-        dim: int = 128,
-        width: int = 64,
-        depth: int = 4,
-        epochs: int | None = None,
-        batch_size: int = 256,
-        lr: float = 2e-3,
-        temperature: float = 0.2,
-        proj_dim: int = 128,
-        weight_decay: float = 1e-5,
-        normalize: bool = True,
-        seed: int = 0,
-        quick: bool = False,
-        device: str = "auto",
-        threads: int | None = None,
-    ) -> None:
-        from embeddings.train_utils import check_options
+    dim: int = 128
+    width: int = 64
+    depth: int = 4
+    batch_size: int = 256
+    lr: float = 2e-3
+    temperature: float = 0.2
+    proj_dim: int = 128
+    weight_decay: float = 1e-5
+    normalize: bool = True
 
-        epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
-        check_options(dim=dim, width=width, depth=depth, epochs=epochs, batch_size=batch_size, lr=lr,
-                      temperature=temperature, proj_dim=proj_dim)
-        super().__init__(dim=dim, seed=seed, width=width, depth=depth, epochs=epochs, batch_size=batch_size,
-                         lr=lr, temperature=temperature, proj_dim=proj_dim, weight_decay=weight_decay,
-                         normalize=normalize)
-        self.width, self.depth, self.epochs, self.batch_size = width, depth, epochs, batch_size
-        self.lr, self.temperature, self.proj_dim = lr, temperature, proj_dim
-        self.weight_decay, self.normalize = weight_decay, normalize
-        self.device, self.threads = device, threads
-
-    def _build(self, channels: int):
-        """(backbone, head) freshly initialised from the torch global seed."""
+    def _build(self, image_shape: tuple[int, int, int]) -> None:
+        """backbone_ and head_, freshly initialised from the torch global seed (batch norm synced under torchrun)."""
         from torch import nn
 
+        from embeddings import parallel
         from embeddings.train_utils import conv_backbone
 
-        backbone = conv_backbone(channels, self.width, self.dim, self.depth)
+        backbone = conv_backbone(image_shape[-1], self.width, self.dim, self.depth)
         head = nn.Sequential(
             nn.Linear(self.dim, self.dim), nn.BatchNorm1d(self.dim), nn.ReLU(), nn.Linear(self.dim, self.proj_dim)
         )
-        return backbone, head
+        self.backbone_, self.head_ = parallel.sync_batchnorm(backbone), parallel.sync_batchnorm(head)
+
+    def _check_fit_images(self, images: np.ndarray) -> None:
+        if len(images) < 2:
+            raise CactusError("contrastive encoder: needs at least 2 images to contrast")
 
     def fit(self, images: np.ndarray) -> ContrastiveEncoder:
         """Train on images (N, H, W, C) uint8 with two augmented views per image.
@@ -98,34 +86,22 @@ class ContrastiveEncoder(Encoder):
         """
         import torch
 
-        from embeddings import parallel
-        from embeddings.checkpointing import TrainingState
-        from embeddings.train_utils import recompute_batchnorm, setup_torch, train_epochs
+        from embeddings.train_utils import recompute_batchnorm
 
-        self._remember_input(images)
-        if len(images) < 2:
-            raise CactusError("contrastive encoder: needs at least 2 images to contrast")
-        device, generator = setup_torch(self.seed, self.device, self.threads)
-        rng = np.random.default_rng(self.seed)
-        backbone, head = (parallel.sync_batchnorm(net).to(device) for net in self._build(images.shape[-1]))
+        generator = self._start_fit(images)
+        backbone, head = self.backbone_, self.head_.to(self.device_).train()
         params = [*backbone.parameters(), *head.parameters()]
         optimiser = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         batch = min(self.batch_size, len(images))
-        total_steps = self.epochs * (len(images) // batch)
+        total_steps = self.epochs_to_run() * (len(images) // batch)
         warmup = max(1, min(total_steps // 20, 200))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser,
             lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, total_steps) / total_steps)),
         )
-        backbone.train()
-        head.train()
-        step = self._step_function(images, backbone, head, optimiser, schedule, generator, device)
-        state = TrainingState({"backbone": backbone, "head": head, "optimiser": optimiser, "schedule": schedule},
-                              generator)
-        self.losses_ = train_epochs(step, len(images), self.epochs, batch, rng, "contrastive", state=state)
-        recompute_batchnorm(backbone, images, device=device)
-        self.backbone_ = backbone
-        self.device_ = device
+        step = self._step_function(images, backbone, head, optimiser, schedule, generator, self.device_)
+        self._train(step, len(images), generator, {"head": head, "optimiser": optimiser, "schedule": schedule})
+        recompute_batchnorm(backbone, images, device=self.device_)
         return self
 
     def _step_function(self, images, backbone, head, optimiser, schedule, generator, device):
@@ -152,31 +128,12 @@ class ContrastiveEncoder(Encoder):
 
         return step
 
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.backbone_(batch)
+
     def transform(self, images: np.ndarray) -> np.ndarray:
         """Embed images (N, H, W, C) uint8 -> (N, dim) float32 (unit rows when ``normalize``)."""
-        from embeddings.train_utils import embed_in_batches
-
-        self._check_input(images)
-        self.backbone_.eval()
-        out = embed_in_batches(self.backbone_, images, device=getattr(self, "device_", None))
+        out = self._embed_images(images)
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.astype(np.float32, copy=False)
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        from embeddings.train_utils import module_state
-
-        state = module_state(self.backbone_, "backbone/")
-        state["input_shape"] = np.asarray(self.input_shape_, dtype=np.int64)
-        return state
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        from embeddings.train_utils import load_module_state, setup_torch
-
-        if "input_shape" not in state:
-            raise CactusError("contrastive encoder: stored weights lack 'input_shape'")
-        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
-        self.device_, _ = setup_torch(self.seed, self.device, self.threads)
-        backbone, _ = self._build(self.input_shape_[-1])
-        load_module_state(backbone, state, "backbone/", what="contrastive encoder")
-        self.backbone_ = backbone.to(self.device_).eval()

@@ -9,13 +9,12 @@ The embedding is the final features, PCA-whitened to ``dim`` and L2-normalised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cactus.core.errors import CactusError
-from embeddings.base import Encoder
-
-QUICK_EPOCHS = 3
-FULL_EPOCHS = 10
+from embeddings.torch_encoder import TorchEncoder
 
 
 def pca_whitening(features: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,113 +46,82 @@ def uniform_over_clusters(labels: np.ndarray, n: int, rng: np.random.Generator) 
     return np.array([members[c][rng.integers(len(members[c]))] for c in chosen], dtype=np.int64)
 
 
-class DeepClusterEncoder(Encoder):
+@dataclass(eq=False, kw_only=True)
+class DeepClusterEncoder(TorchEncoder):
     """DeepCluster on a conv4 backbone.
 
     Hyper-parameters: ``dim`` PCA dimensions of the embedding, ``features`` channels of the last conv
     block (>= dim), ``width`` / ``depth`` of the other blocks, ``clusters`` k of k-means, SGD with
-    momentum at ``lr``, ``epochs`` cluster-then-train rounds (``quick`` picks ``QUICK_EPOCHS`` when
-    ``epochs`` is not given). Learned: ``backbone_``, ``pca_mean_`` (F,), ``pca_components_``
-    (dim, F), ``pca_scale_`` (dim,), ``losses_`` (mean classification loss per epoch).
+    momentum at ``lr`` and ``weight_decay``, ``epochs`` cluster-then-train rounds (``quick``: 3
+    instead of 10 when ``epochs`` is not given), ``augment``: light augmentation of the training
+    images. Learned: ``backbone_``, ``pca_mean_`` (F,), ``pca_components_`` (dim, F), ``pca_scale_``
+    (dim,), ``losses_`` (mean classification loss per epoch).
     """
 
     name = "deepcluster"
     not_data_parallel = ("its pseudo-labels are k-means assignments, which features equal only to float tolerance "
                          "can flip, so several processes could train on other labels than one")
+    learned_modules = {"backbone_": "backbone/"}
+    quick_epochs, full_epochs = 3, 10
+    positive_params = ("dim", "features", "width", "depth", "clusters", "epochs", "batch_size", "lr")
 
-    def __init__(
-        self,
-        dim: int = 64,
-        features: int = 128,
-        width: int = 64,
-        depth: int = 4,
-        clusters: int = 500,
-        epochs: int | None = None,
-        batch_size: int = 64,
-        lr: float = 0.05,
-        weight_decay: float = 1e-5,
-        augment: bool = True,
-        seed: int = 0,
-        quick: bool = False,
-        device: str = "auto",
-        threads: int | None = None,
-    ) -> None:
-        from embeddings.train_utils import check_options
+    dim: int = 64
+    features: int = 128
+    width: int = 64
+    depth: int = 4
+    clusters: int = 500
+    lr: float = 0.05
+    weight_decay: float = 1e-5
+    augment: bool = True
 
-        epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
-        check_options(dim=dim, features=features, width=width, depth=depth, clusters=clusters, epochs=epochs,
-                      batch_size=batch_size, lr=lr)
-        if dim > features:
-            raise CactusError(f"--dim {dim}: DeepCluster's PCA keeps at most the {features} conv features")
-        if clusters < 2:
-            raise CactusError(f"--clusters {clusters}: DeepCluster needs at least 2 clusters")
-        super().__init__(dim=dim, seed=seed, features=features, width=width, depth=depth, clusters=clusters,
-                         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment)
-        self.features, self.width, self.depth, self.clusters = features, width, depth, clusters
-        self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
-        self.augment = augment
-        self.device, self.threads = device, threads
+    def check_params(self) -> None:
+        super().check_params()
+        if self.dim > self.features:
+            raise CactusError(f"--dim {self.dim}: DeepCluster's PCA keeps at most the {self.features} conv features")
+        if self.clusters < 2:
+            raise CactusError(f"--clusters {self.clusters}: DeepCluster needs at least 2 clusters")
 
-    def _build(self, channels: int):
+    def _build(self, image_shape: tuple[int, int, int]) -> None:
         from embeddings.train_utils import conv_backbone
 
-        return conv_backbone(channels, self.width, self.features, self.depth)
+        self.backbone_ = conv_backbone(image_shape[-1], self.width, self.features, self.depth)
 
-    def _raw_features(self, images: np.ndarray) -> np.ndarray:
-        from embeddings.train_utils import embed_in_batches
+    def _check_fit_images(self, images: np.ndarray) -> None:
+        if len(images) < self.clusters:
+            raise CactusError(f"--clusters {self.clusters}: more clusters than the {len(images)} training images")
 
-        self.backbone_.eval()
-        return embed_in_batches(self.backbone_, images, device=self.device_)
+    def _embed(self, batch):
+        return self.backbone_(batch)
 
     def fit(self, images: np.ndarray) -> DeepClusterEncoder:
         """Alternate clustering and classification on images (N, H, W, C) uint8."""
         import torch
 
-        from embeddings.checkpointing import TrainingState
-        from embeddings.train_utils import recompute_batchnorm, setup_torch, train_epochs
+        from embeddings.train_utils import recompute_batchnorm
 
-        self._remember_input(images)
-        if len(images) < self.clusters:
-            raise CactusError(f"--clusters {self.clusters}: more clusters than the {len(images)} training images")
-        self.device_, generator = setup_torch(self.seed, self.device, self.threads)
+        generator = self._start_fit(images)
         rng = np.random.default_rng(self.seed)
-        self.backbone_ = self._build(images.shape[-1]).to(self.device_)
         optimiser = torch.optim.SGD(self.backbone_.parameters(), lr=self.lr, momentum=0.9,
                                     weight_decay=self.weight_decay)
         rounds = _Rounds(self, images, rng)
-        state = TrainingState({"backbone": self.backbone_, "optimiser": optimiser}, generator, rounds.save,
-                              rounds.load)
-        self.losses_ = train_epochs(rounds.step_function(optimiser, generator), len(images), self.epochs,
-                                    self.batch_size, rng, "deepcluster", state=state, on_epoch_start=rounds.start)
+        self._train(rounds.step_function(optimiser, generator), len(images), generator, {"optimiser": optimiser},
+                    rng=rng, on_epoch_start=rounds.start, extra=(rounds.save, rounds.load))
         recompute_batchnorm(self.backbone_, images, device=self.device_)
-        features = self._raw_features(images)
+        features = self._embed_images(images)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = pca_whitening(features, self.dim)
         return self
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """Embed images (N, H, W, C) uint8 -> (N, dim) float32, PCA-whitened and L2-normalised."""
-        self._check_input(images)
-        return whiten(self._raw_features(images), self.pca_mean_, self.pca_components_, self.pca_scale_)
+        return whiten(self._embed_images(images), self.pca_mean_, self.pca_components_, self.pca_scale_)
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        from embeddings.train_utils import module_state
+    def _extra_state(self) -> dict[str, np.ndarray]:
+        return {"pca_mean": self.pca_mean_, "pca_components": self.pca_components_, "pca_scale": self.pca_scale_}
 
-        state = module_state(self.backbone_, "backbone/")
-        state.update(pca_mean=self.pca_mean_, pca_components=self.pca_components_, pca_scale=self.pca_scale_,
-                     input_shape=np.asarray(self.input_shape_, dtype=np.int64))
-        return state
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        from embeddings.train_utils import load_module_state, setup_torch
-
-        missing = [k for k in ("input_shape", "pca_mean", "pca_components", "pca_scale") if k not in state]
+    def _set_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        missing = [k for k in ("pca_mean", "pca_components", "pca_scale") if k not in state]
         if missing:
             raise CactusError(f"deepcluster encoder: stored weights lack {', '.join(missing)}")
-        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
-        self.device_, _ = setup_torch(self.seed, self.device, self.threads)
-        backbone = self._build(self.input_shape_[-1])
-        load_module_state(backbone, state, "backbone/", what="deepcluster encoder")
-        self.backbone_ = backbone.to(self.device_).eval()
         self.pca_mean_ = np.asarray(state["pca_mean"], dtype=np.float32)
         self.pca_components_ = np.asarray(state["pca_components"], dtype=np.float32)
         self.pca_scale_ = np.asarray(state["pca_scale"], dtype=np.float32)
@@ -177,7 +145,7 @@ class _Rounds:
         from cactus.clustering.partitions import KMeans
 
         enc = self.encoder
-        features = enc._raw_features(self.images)
+        features = enc._embed_images(self.images)
         mean, components, scale = pca_whitening(features, enc.dim)
         labels = KMeans(enc.clusters, n_iter=20, random_state=enc.seed * 1000 + epoch).fit(
             whiten(features, mean, components, scale)).labels_

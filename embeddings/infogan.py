@@ -21,26 +21,17 @@ batch's feature spread (minibatch standard deviation, Karras et al. 2018).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embeddings.base import Encoder
-from embeddings.checkpointing import TrainingState
 from embeddings.image_nets import ConvTrunk, Generator
-from embeddings.train_utils import (
-    check_options,
-    embed_in_batches,
-    load_module_state,
-    module_state,
-    setup_torch,
-    to_tensor,
-    train_epochs,
-)
+from embeddings.torch_encoder import EpochMeans, TorchEncoder, simultaneous_step
+from embeddings.train_utils import to_tensor
 
-QUICK_EPOCHS = 3
-FULL_EPOCHS = 3
 CONTINUOUS_WEIGHT = 0.5  # the continuous codes' squared error = a fixed-variance Gaussian NLL
 
 
@@ -68,9 +59,14 @@ class InfoDiscriminator(nn.Module):
         return features, logits, q[:, : self.categories], q[:, self.categories :]
 
 
-class InfoGANEncoder(Encoder):
+@dataclass(eq=False, kw_only=True)
+class InfoGANEncoder(TorchEncoder):
     """InfoGAN; the embedding is the shared trunk's last conv stage, flattened (``dim`` sizes its linear layer).
 
+    ``width``: channels of the first conv stage (None: 16 under ``quick``, else 32); ``noise``,
+    ``categories``, ``continuous``: the generator's code (noise units, classes of the categorical
+    code, continuous codes); ``info_weight``: weight of the information loss; ``feature_matching``:
+    the generator's stabiliser (see the module docstring). Adam at ``lr`` with beta1 0.5.
     Learned: generator_, discriminator_ (torch modules), input_shape_, losses_ (mean information
     loss per epoch), d_losses_ (mean real/fake discriminator loss per epoch).
     """
@@ -78,42 +74,24 @@ class InfoGANEncoder(Encoder):
     name = "infogan"
     not_data_parallel = ("its losses couple the rows of a batch (minibatch spread, feature matching of batch means, "
                          "batch-norm generator)")
+    learned_modules = {"generator_": "generator.", "discriminator_": "discriminator."}
+    quick_epochs, full_epochs = 3, 3
+    positive_params = ("dim", "epochs", "batch_size", "lr", "width", "noise", "categories")
 
-    def __init__(
-        self,
-        dim: int = 256,
-        epochs: int | None = None,
-        batch_size: int = 64,
-        lr: float = 2e-4,
-        seed: int = 0,
-        width: int | None = None,
-        noise: int = 62,
-        categories: int = 10,
-        continuous: int = 2,
-        info_weight: float = 1.0,
-        feature_matching: bool = True,
-        quick: bool = False,
-        device: str = "auto",
-        threads: int | None = None,
-    ) -> None:
-        epochs = epochs if epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
-        width = width if width is not None else (16 if quick else 32)
-        check_options(
-            dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, width=width, noise=noise, categories=categories
-        )
-        super().__init__(
-            dim=dim, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, width=width, noise=noise,
-            categories=categories, continuous=continuous, info_weight=info_weight,
-            feature_matching=feature_matching, quick=quick, device=device,
-        )
-        self.epochs, self.batch_size, self.lr, self.width = epochs, batch_size, lr, width
-        self.noise, self.categories, self.continuous, self.info_weight = noise, categories, continuous, info_weight
-        self.feature_matching, self.quick, self.device, self.threads = feature_matching, quick, device, threads
+    dim: int = 256
+    lr: float = 2e-4
+    width: int | None = None
+    noise: int = 62
+    categories: int = 10
+    continuous: int = 2
+    info_weight: float = 1.0
+    feature_matching: bool = True
 
     def _build(self, image_shape: tuple[int, int, int]) -> None:
+        width = self.width if self.width is not None else (16 if self.quick else 32)
         code_dim = self.noise + self.categories + self.continuous
-        self.generator_ = Generator(code_dim, self.width, image_shape)
-        self.discriminator_ = InfoDiscriminator(image_shape, self.width, self.dim, self.categories, self.continuous)
+        self.generator_ = Generator(code_dim, width, image_shape)
+        self.discriminator_ = InfoDiscriminator(image_shape, width, self.dim, self.categories, self.continuous)
 
     def _sample_codes(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(generator input (B, noise + categories + continuous), category ids (B,), continuous codes (B, c))."""
@@ -125,16 +103,11 @@ class InfoGANEncoder(Encoder):
 
     def fit(self, images: np.ndarray) -> InfoGANEncoder:
         """Train on images (N, H, W, C) uint8."""
-        self._remember_input(images)
-        device, generator = setup_torch(self.seed, self.device, self.threads)
-        self._build(self.input_shape_)
-        for net in (self.generator_, self.discriminator_):
-            net.to(device).train()
-        g_params = list(self.generator_.parameters())
-        d_params = list(self.discriminator_.parameters())
-        g_opt = torch.optim.Adam(g_params, lr=self.lr, betas=(0.5, 0.999))
-        d_opt = torch.optim.Adam(d_params, lr=self.lr, betas=(0.5, 0.999))
-        d_sums: list[float] = []
+        generator = self._start_fit(images)
+        device = self.device_
+        g_opt = torch.optim.Adam(self.generator_.parameters(), lr=self.lr, betas=(0.5, 0.999))
+        d_opt = torch.optim.Adam(self.discriminator_.parameters(), lr=self.lr, betas=(0.5, 0.999))
+        adversarial_losses = EpochMeans("d")
 
         def step(indices: np.ndarray) -> float:
             x = to_tensor(images[indices], device)
@@ -153,54 +126,15 @@ class InfoGANEncoder(Encoder):
             else:
                 g_adv = F.softplus(-fake_logit).mean()
             g_loss = g_adv + self.info_weight * info
-            d_opt.zero_grad()
-            g_opt.zero_grad()
-            # Both players minimise the information loss; each loss only reaches its player's parameters.
-            d_loss.backward(inputs=d_params, retain_graph=True)
-            g_loss.backward(inputs=g_params)
-            d_opt.step()
-            g_opt.step()
-            d_sums.append(adversarial.item())
+            simultaneous_step((d_loss, d_opt), (g_loss, g_opt))  # both players minimise the information loss
+            adversarial_losses.values.append(adversarial.item())
             return info.item()
 
-        self.d_losses_: list[float] = []
-
-        def on_epoch(epoch: int, loss: float) -> None:
-            self.d_losses_.append(float(np.mean(d_sums)) if d_sums else float("nan"))
-            d_sums.clear()
-
-        rng = np.random.default_rng(self.seed)
-        def load_extra(saved: dict) -> None:
-            d_sums[:] = [float(x) for x in saved["d_sums"]]
-            self.d_losses_ = [float(x) for x in saved["d_losses"]]
-
-        state = TrainingState(
-            {"generator": self.generator_, "discriminator": self.discriminator_, "g_opt": g_opt, "d_opt": d_opt},
-            generator, lambda: {"d_sums": list(d_sums), "d_losses": list(self.d_losses_)}, load_extra)
-        self.losses_ = train_epochs(step, len(images), self.epochs, self.batch_size, rng, "infogan", on_epoch,
-                                    state=state)
-        for net in (self.generator_, self.discriminator_):
-            net.eval()
+        self._train(step, len(images), generator, {"g_opt": g_opt, "d_opt": d_opt},
+                    on_epoch=adversarial_losses.end_epoch, extra=(adversarial_losses.save, adversarial_losses.load))
+        self.d_losses_ = adversarial_losses.means
         return self
 
-    def transform(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) uint8 -> (N, 4 * width * h * w) float32: the trunk's last conv stage, pre-activation."""
-        self._check_input(images)
-        device = next(self.discriminator_.parameters()).device
-        encoder = self.discriminator_.trunk.conv[0]
-        return embed_in_batches(lambda x: encoder.last_stage(x).flatten(1), images, device=device)
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {
-            **module_state(self.generator_, "generator."),
-            **module_state(self.discriminator_, "discriminator."),
-            "input_shape": np.asarray(self.input_shape_, dtype=np.int64),
-        }
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
-        self._build(self.input_shape_)
-        load_module_state(self.generator_, state, "generator.", "infogan encoder")
-        load_module_state(self.discriminator_, state, "discriminator.", "infogan encoder")
-        for net in (self.generator_, self.discriminator_):
-            net.eval()
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 4 * width * h * w): the trunk's last conv stage, pre-activation, flattened."""
+        return self.discriminator_.trunk.conv[0].last_stage(batch).flatten(1)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -293,60 +292,60 @@ def default_steps(artifact) -> int:
 # ---------------------------------------------------------------------------------------------
 # The encoder
 # ---------------------------------------------------------------------------------------------
+@dataclass(eq=False, kw_only=True)
 class LearnedRuleEncoder(Encoder):
     """Train a base MLP on unlabelled images with a meta-learned rule; embed with its last layer.
 
-    ``width`` is the width of every hidden layer and so the embedding size; when it is not given,
+    ``width`` is the width of every hidden layer and so the embedding size; when it is None,
     ``dim`` is used as the width (``dim`` is ignored when ``width`` is given). ``depth`` is the number
-    of layers, ``steps`` the number of unsupervised steps (default: :func:`default_steps`; the rule
-    improves the features fast and then slowly degrades them, so more is not better), ``rule`` a rule
-    .h5 from ``cactus rule meta-train`` (None: the shipped rule).
-    ``rule_key`` is filled in by :meth:`get_params` (the rule artifact's key, so that the cache key
-    changes with the rule's content) and accepted back so that stored params rebuild the encoder.
+    of layers, ``steps`` the number of unsupervised steps (None: :func:`default_steps`; at most 50
+    under ``quick``; the rule improves the features fast and then slowly degrades them, so more is
+    not better), ``rule`` a rule .h5 from ``cactus rule meta-train`` (None: the shipped rule); the
+    rule artifact's key joins the cache key (:meth:`input_keys`), so a changed rule recomputes.
+    ``device`` is accepted like every encoder's, but the rule runs on the CPU with ``threads`` threads.
     The rule is neuron-local, so any image size works, but the shipped rule was meta-trained on
     14x14 images: ``--image-size 14`` matches it best.
 
     Learned: weights_ [(n_{l+1}, n_l) float32], stats_ [(mean, var) per layer] (population batch-norm
-    statistics over the fitted images, used by :meth:`transform`).
+    statistics over the fitted images, used by :meth:`transform`), steps_ (the steps actually run).
     """
 
     name = "learned-rule"
 
-    def __init__(
-        self,
-        dim: int = 128,
-        seed: int = 0,
-        width: int | None = None,
-        depth: int = 2,
-        steps: int | None = None,
-        rule: str | None = None,
-        batch_size: int = 64,
-        device: str = "cpu",
-        threads: int | None = None,
-        quick: bool = False,
-        rule_key: str | None = None,
-    ) -> None:
-        width = int(width) if width is not None else int(dim)
-        super().__init__(dim=width, seed=seed, width=width, depth=depth, steps=steps,
-                         rule=str(rule) if rule is not None else None, batch_size=batch_size, quick=quick)
-        self.width, self.depth, self.steps, self.rule = width, depth, steps, rule
-        self.batch_size, self.device, self.threads, self.quick = batch_size, device, threads, quick
+    dim: int = 128
+    seed: int = 0
+    width: int | None = None
+    depth: int = 2
+    steps: int | None = None
+    rule: str | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    threads: int | None = None
+    quick: bool = False
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
+    def width_to_use(self) -> int:
+        """``width``, or ``dim`` when it is None: the embedding size."""
+        return int(self.width) if self.width is not None else int(self.dim)
+
+    def steps_to_run(self, artifact=None) -> int:
+        """``steps``, or the rule's default (:func:`default_steps`) when it is None; at most 50 under ``quick``."""
+        if self.steps is not None:
+            steps = int(self.steps)
+        else:
+            steps = default_steps(artifact if artifact is not None else load_rule(self.rule)[1])
+        return min(steps, 50) if self.quick else steps
+
+    def input_keys(self) -> list[str]:
+        """The rule artifact's key (no key when the file is missing: fit then says so)."""
         from cactus.core.store import read_artifact
 
         path = Path(self.rule) if self.rule is not None else DEFAULT_RULE
-        artifact = read_artifact(path, stage="rule", arrays=False) if path.is_file() else None
-        params["rule_key"] = artifact.key if artifact is not None else None
-        if params["steps"] is None and artifact is not None:  # record the steps actually run
-            params["steps"] = min(default_steps(artifact), 50) if self.quick else default_steps(artifact)
-        return params
+        return [read_artifact(path, stage="rule", arrays=False).key] if path.is_file() else []
 
-    def _check(self) -> None:
+    def check_params(self) -> None:
         from embeddings.train_utils import check_options
 
-        check_options(width=self.width, depth=self.depth, batch_size=self.batch_size)
+        check_options(width=self.width_to_use(), depth=self.depth, batch_size=self.batch_size)
         if self.steps is not None and (isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 0):
             raise CactusError(f"--steps {self.steps}: expected a non-negative integer (0 = random initialisation)")
         if self.batch_size < 2:
@@ -354,18 +353,16 @@ class LearnedRuleEncoder(Encoder):
 
     def fit(self, images: np.ndarray) -> LearnedRuleEncoder:
         torch = _torch()
-        self._check()
+        self.check_params()
         self._remember_input(images)
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))
         net, artifact = load_rule(self.rule)
-        steps = self.steps if self.steps is not None else default_steps(artifact)
-        if self.quick:
-            steps = min(steps, 50)
+        self.steps_ = steps = self.steps_to_run(artifact)
         pixels = as_float_pixels(images)
         generator = torch.Generator().manual_seed(int(self.seed))
         rng = np.random.default_rng(int(self.seed))
-        sizes = [pixels.shape[1]] + [self.width] * self.depth
+        sizes = [pixels.shape[1]] + [self.width_to_use()] * self.depth
         state = init_base(sizes, net.hidden, generator)
         batch = min(self.batch_size, len(pixels))
         from cactus.core.progress import Progress
@@ -393,6 +390,8 @@ class LearnedRuleEncoder(Encoder):
 
     def get_state(self) -> dict[str, np.ndarray]:
         state = {"input_shape": np.asarray(self.input_shape_, dtype=np.int64)}
+        if hasattr(self, "steps_"):  # not known for an encoder restored from an artifact written before it was stored
+            state["steps"] = np.asarray(self.steps_, dtype=np.int64)
         for i, (w, (m, v)) in enumerate(zip(self.weights_, self.stats_, strict=True)):
             state[f"layer{i}.weight"] = w
             state[f"layer{i}.bn_mean"] = m
@@ -402,11 +401,13 @@ class LearnedRuleEncoder(Encoder):
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         if any(f"layer{i}.weight" not in state for i in range(self.depth)):
             raise CactusError("learned-rule encoder: stored weights do not match --depth")
-        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
+        self._restore_input_shape(state)
+        if "steps" in state:  # artifacts written before steps_ was stored lack it
+            self.steps_ = int(state["steps"])
         self.weights_ = [np.asarray(state[f"layer{i}.weight"], dtype=np.float32) for i in range(self.depth)]
         self.stats_ = [(np.asarray(state[f"layer{i}.bn_mean"], dtype=np.float32),
                         np.asarray(state[f"layer{i}.bn_var"], dtype=np.float32)) for i in range(self.depth)]
-        if self.weights_[-1].shape[0] != self.width:
+        if self.weights_[-1].shape[0] != self.width_to_use():
             raise CactusError("learned-rule encoder: stored weights do not match --width")
 
 

@@ -19,6 +19,7 @@ unpickled (``np.load(allow_pickle=False)``, ``torch.jit.load``).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,21 +80,23 @@ def check_embeddings(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
+@dataclass(eq=False)
 class LoadEncoder(Encoder):
     """Embeddings from a file: precomputed rows, or a TorchScript encoder applied to the images.
 
     ``path``: .npy, .npz (one array, or an array named ``embeddings``), .h5/.hdf5 (dataset
-    ``embeddings``), or .pt/.pth TorchScript. Learned nothing; ``transform_rows(rows)`` says which
-    dataset rows the next ``transform`` call embeds (precomputed files only).
+    ``embeddings``), or .pt/.pth TorchScript; ``device`` / ``threads`` run a TorchScript encoder.
+    ``transform_rows(rows)`` says which dataset rows the next ``transform`` call embeds
+    (precomputed files only). Learned: ``dim_`` (the file's embedding size), ``input_shape_``,
+    ``dataset_size_`` (rows of a precomputed file), ``module_`` (a TorchScript encoder).
     """
 
     name = "load"
 
-    def __init__(self, path: str, seed: int = 0, device: str = "auto", threads: int | None = None) -> None:
-        super().__init__(dim=0, seed=seed, path=str(path))
-        self.path = str(path)
-        self.device, self.threads = device, threads
-        self.rows_: np.ndarray | None = None
+    path: str
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
 
     @property
     def is_script(self) -> bool:
@@ -110,10 +113,6 @@ class LoadEncoder(Encoder):
         if not path.is_file():
             raise CactusError(f"--path {path}: no such file")
         return path
-
-    def get_params(self) -> dict:
-        """Exactly the constructor's arguments (``dim`` is only known once the file is read)."""
-        return {"method": self.name, "path": self.path, "seed": self.seed}
 
     def transform_rows(self, rows: np.ndarray | None, dataset_size: int | None = None) -> LoadEncoder:
         """Say which dataset rows (M,) int the next ``fit`` / ``transform`` images are; None: every row.
@@ -133,12 +132,12 @@ class LoadEncoder(Encoder):
         path = self._file()
         if self.is_script:
             self.module_ = self._load_script(path)
-            self.dim = int(self._apply_script(images[:2]).shape[1])
+            self.dim_ = int(self._apply_script(images[:2]).shape[1])
         else:
             array = read_embeddings(path)
             self._pick(array, len(images), path)
             self.dataset_size_ = len(array)
-            self.dim = int(array.shape[1])
+            self.dim_ = int(array.shape[1])
         return self
 
     def transform(self, images: np.ndarray) -> np.ndarray:
@@ -155,14 +154,15 @@ class LoadEncoder(Encoder):
     def _pick(self, array: np.ndarray, n_images: int, path: Path) -> np.ndarray:
         """Row indices (M,) of ``array`` for ``n_images`` images, after checking every count."""
         size = getattr(self, "dataset_size_", None)
-        if size is None and self.rows_ is None:
+        if size is None and getattr(self, "rows_", None) is None:
             size = n_images
         if size is not None and len(array) != size:
             raise CactusError(
                 f"{path}: holds {len(array)} embedding rows but the dataset has {size} images; "
                 "give one row per image of the whole dataset, in dataset order"
             )
-        rows = np.arange(len(array)) if self.rows_ is None else self.rows_
+        chosen = getattr(self, "rows_", None)
+        rows = np.arange(len(array)) if chosen is None else chosen
         if len(rows) != n_images:
             raise CactusError(
                 f"{path}: {n_images} images to embed but {len(rows)} dataset rows given with transform_rows"
@@ -207,7 +207,7 @@ class LoadEncoder(Encoder):
                 "dataset_size": np.asarray(getattr(self, "dataset_size_", -1), dtype=np.int64)}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
+        self._restore_input_shape(state)
         size = int(state.get("dataset_size", -1))
         if size >= 0:
             self.dataset_size_ = size

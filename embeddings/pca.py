@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cactus.core.errors import CactusError
 from embeddings.base import Encoder, as_float_pixels
 
 
+@dataclass(eq=False, kw_only=True)
 class PCAEncoder(Encoder):
-    """Project flattened pixels on the top ``dim`` principal components, whitened.
+    """Project flattened pixels on the top ``dim`` principal components, whitened when ``whiten``.
 
+    ``seed`` is accepted like every encoder's, but PCA draws nothing at random.
     Learned: mean_ (P,), components_ (dim, P), scale_ (dim,) where P = H*W*C.
     """
 
     name = "pca"
+    positive_params = ("dim",)
 
-    def __init__(self, dim: int = 64, seed: int = 0, whiten: bool = True) -> None:
-        super().__init__(dim=dim, seed=seed, whiten=whiten)
-        self.whiten = whiten
+    dim: int = 64
+    seed: int = 0
+    whiten: bool = True
 
     def fit(self, images: np.ndarray) -> PCAEncoder:
+        self.check_params()
         self._remember_input(images)
         pixels = as_float_pixels(images).astype(np.float64)
         if self.dim > min(pixels.shape):
@@ -58,6 +64,6 @@ class PCAEncoder(Encoder):
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)
         self.components_ = np.asarray(state["components"], dtype=np.float32)
         self.scale_ = np.asarray(state["scale"], dtype=np.float32)
-        self.input_shape_ = tuple(int(s) for s in state["input_shape"])
+        self._restore_input_shape(state)
         if self.components_.shape != (self.dim, self.mean_.shape[0]) or self.scale_.shape != (self.dim,):
             raise CactusError("pca encoder: stored weights do not match --dim")

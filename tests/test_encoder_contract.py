@@ -116,3 +116,88 @@ def test_wrong_images_are_refused(method, images, fitted):
         encoder.transform(images[1].astype(np.float32))
     with pytest.raises(CactusError, match="before fit"):
         encoder_class(method)(**tiny_kwargs(method, seed=0)).transform(images[1])
+
+
+# -- parameters: scikit-learn's conventions, for every registered encoder (no fitting) --------------------------
+ALL_METHODS = sorted(REGISTRY)
+REQUIRED = {"load": {"path": "emb.npy"}}  # parameters without a default
+
+
+def test_not_in_key_is_one_declaration_for_every_encoder():
+    from embeddings.base import Encoder
+
+    assert Encoder.NOT_IN_KEY == ("device", "threads")
+    for method in ALL_METHODS:
+        assert encoder_class(method).NOT_IN_KEY is Encoder.NOT_IN_KEY, f"{method} redeclares NOT_IN_KEY"
+
+
+def _other_value(name: str, default, i: int):
+    """A value for parameter ``name`` that differs from its default and from the other parameters' values."""
+    if isinstance(default, bool):
+        return not default
+    if name == "device":
+        return "cpu" if default != "cpu" else "cuda"
+    if isinstance(default, (int, float)):
+        return default + i + 1
+    return f"value{i}" if name in ("path", "rule") else i + 1  # files are named by strings, the rest are numbers
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_params_are_the_init_arguments_stored_unchanged(method):
+    """get_params() == the __init__ arguments, each stored unchanged; the key drops exactly NOT_IN_KEY."""
+    cls = encoder_class(method)
+    signature = inspect.signature(cls.__init__).parameters
+    names = [n for n in signature if n != "self"]
+    assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.values())
+    given = {name: _other_value(name, signature[name].default, i) for i, name in enumerate(names)}
+    encoder = cls(**given)
+    assert encoder.get_params() == given
+    assert all(getattr(encoder, name) == value for name, value in given.items())
+    # The key: the method and every parameter but the declared NOT_IN_KEY list.
+    key = encoder.key_params()
+    assert key == {"method": method, **{k: v for k, v in given.items() if k not in cls.NOT_IN_KEY}}
+    assert not set(cls.NOT_IN_KEY) & set(key)
+    assert not [name for name in vars(encoder) if name not in names], "__init__ stores nothing but its arguments"
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_clone_from_params_and_from_stored_config(method):
+    cls = encoder_class(method)
+    encoder = cls(**REQUIRED.get(method, {}), seed=5)
+    clone = cls(**encoder.get_params())
+    assert clone is not encoder and clone.get_params() == encoder.get_params()
+    rebuilt = cls.from_params(encoder.key_params())  # the stored config: `method` ignored, device/threads default
+    assert rebuilt.key_params() == encoder.key_params()
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_unknown_or_missing_param_is_one_line(method):
+    cls = encoder_class(method)
+    with pytest.raises(CactusError, match=rf"^--method {method}: unknown option 'foo'") as error:
+        cls.from_params({**REQUIRED.get(method, {}), "foo": 1})
+    assert "\n" not in str(error.value)
+    with pytest.raises(CactusError, match=r"old\.h5 was made by another version of cactus: recompute it"):
+        cls.from_params({**REQUIRED.get(method, {}), "hyper": {}}, stored="old.h5")
+    if method in REQUIRED:
+        with pytest.raises(CactusError, match=rf"--method {method}: option 'path' is required"):
+            cls.from_params({})
+
+
+def test_bad_option_value_fails_before_any_data_is_read():
+    for method, options in (("acai", {"epochs": 0}), ("contrastive", {"lr": -1.0}), ("pca", {"dim": -1}),
+                            ("deepcluster", {"dim": 256, "features": 128}), ("learned-rule", {"steps": -1})):
+        with pytest.raises(CactusError, match="--(epochs|lr|dim|steps)"):
+            encoder_class(method).from_params(options)
+
+
+def test_stored_config_with_an_old_key_is_refused_in_one_line(tmp_path):
+    """An artifact whose stored encoder config has a key the encoder no longer takes says to recompute it."""
+    from cactus.core.store import read_artifact, write_artifact
+    from cactus.stages.embed import load_encoder
+
+    path = tmp_path / "embed.h5"
+    config = {"encoder": {"method": "learned-rule", "dim": 16, "seed": 0, "rule_key": "abc"}}
+    write_artifact(path, "embed", config, [], {"encoder/input_shape": np.asarray([8, 8, 1])})
+    with pytest.raises(CactusError, match=r"unknown option 'rule_key'.*embed\.h5.*recompute it") as error:
+        load_encoder(read_artifact(path, stage="embed"))
+    assert "\n" not in str(error.value)

@@ -180,24 +180,25 @@ def test_encoder_contract(tmp_path, omniglot_small):
     with pytest.raises(CactusError, match="shape"):
         encoder.transform(images[:, :14, :14])
     params = encoder.get_params()
-    assert params["rule_key"] is not None and params["width"] == 24
-    rebuilt = lr.LearnedRuleEncoder(**{k: v for k, v in params.items() if k != "method"})
-    assert rebuilt.get_params() == params  # stored params rebuild the encoder (embed --encoder)
-    assert lr.LearnedRuleEncoder(dim=32).width == 32  # dim is the width when width is not given
+    assert params["width"] == 24 and int(encoder.get_state()["steps"]) == 5
+    assert encoder.input_keys() == [lr.load_rule(str(tmp_path / "rule.h5"))[1].key]  # the rule joins the cache key
+    rebuilt = lr.LearnedRuleEncoder.from_params(encoder.key_params())
+    assert rebuilt.key_params() == encoder.key_params()  # stored params rebuild the encoder (embed --encoder)
+    assert lr.LearnedRuleEncoder(dim=32).width_to_use() == 32  # dim is the width when width is not given
     with pytest.raises(CactusError, match="--steps"):
         lr.LearnedRuleEncoder(steps=-1, rule=str(tmp_path / "rule.h5")).fit(images)
 
 
-def test_params_record_the_steps_actually_run(tmp_path):
-    """Without --steps the artifact's params name the rule's default, not None (quick caps it at 50)."""
+def test_steps_default_to_the_rule_s(tmp_path):
+    """Without --steps the rule's default runs (quick caps the steps at 50); fit records them in steps_."""
     _write_rule(tmp_path / "rule.h5")
     _, artifact = lr.load_rule(str(tmp_path / "rule.h5"))
     default = lr.default_steps(artifact)
-    assert lr.LearnedRuleEncoder(rule=str(tmp_path / "rule.h5")).get_params()["steps"] == default
-    assert lr.LearnedRuleEncoder(rule=str(tmp_path / "rule.h5"), steps=3).get_params()["steps"] == 3
+    assert lr.LearnedRuleEncoder(rule=str(tmp_path / "rule.h5")).steps_to_run() == default
+    assert lr.LearnedRuleEncoder(rule=str(tmp_path / "rule.h5"), steps=3).steps_to_run() == 3
     _, shipped = lr.load_rule(None)
-    assert lr.LearnedRuleEncoder().get_params()["steps"] == lr.default_steps(shipped)
-    assert lr.LearnedRuleEncoder(quick=True).get_params()["steps"] == min(lr.default_steps(shipped), 50)
+    assert lr.LearnedRuleEncoder().steps_to_run() == lr.default_steps(shipped)
+    assert lr.LearnedRuleEncoder(quick=True).steps_to_run() == min(lr.default_steps(shipped), 50)
 
 
 def test_encoder_is_registered():

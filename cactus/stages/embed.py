@@ -51,12 +51,12 @@ def run_embed(
         params = {}
         config = {"data": data.as_dict(), "encoder": None}
     cls = encoder_class(params.get("method", method))
-    kwargs = {k: v for k, v in (params or options or {}).items() if k != "method"}
-    try:
-        encoder = cls(**kwargs)
-    except TypeError as error:
-        raise CactusError(f"--method {cls.name}: {error}") from None
-    config["encoder"] = encoder.get_params()
+    kwargs = dict(params or options or {})
+    if encoder_file is not None:  # where and how fast it runs is the caller's (not part of the stored config)
+        kwargs.update({k: v for k, v in (options or {}).items() if k in cls.NOT_IN_KEY})
+    encoder = cls.from_params(kwargs, stored=encoder_file)
+    config["encoder"] = encoder.key_params()
+    inputs.extend(encoder.input_keys())  # learned-rule: the rule artifact's key
     reads_rows = hasattr(encoder, "transform_rows")  # `load`: embeddings or a script from a file
     if reads_rows:
         inputs.append(file_digest(Path(encoder.path)))
@@ -157,8 +157,8 @@ def load_encoder(artifact):
 
     params = dict(artifact.config.get("encoder") or {})
     cls = encoder_class(params.pop("method", "pca"))
+    encoder = cls.from_params(params, stored=artifact.path)
     try:
-        encoder = cls(**params)
         encoder.set_state(artifact.group("encoder"))
     except (TypeError, KeyError, ValueError) as error:
         raise CactusError(f"{artifact.path}: stored encoder cannot be rebuilt ({error})") from None

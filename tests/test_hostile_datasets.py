@@ -1,6 +1,6 @@
 """Bad datasets given to ``cactus embed --data``: each gets one clean error line and writes nothing.
 
-`python -m tests.test_hostile_inputs` adds these cases to the table in bench/results/bad_inputs.md.
+`python bench/bad_inputs.py` adds these cases to the table in bench/results/bad_inputs.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,22 @@ def link_outside(root: Path) -> str:
     (root / "secret").mkdir()
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "secret" / "key.png")
     (root / "data" / "c0" / "1.png").symlink_to(root / "secret" / "key.png")
+    return f"folder:{root / 'data'}"
+
+
+def split_folder_linked_outside(root: Path) -> str:
+    _class_folders(root / "data" / "train")
+    _class_folders(root / "elsewhere")
+    (root / "data" / "test").symlink_to(root / "elsewhere", target_is_directory=True)
+    return f"folder:{root / 'data'}"
+
+
+def truncated_jpeg(root: Path) -> str:
+    _class_folders(root / "data")
+    photo = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(root / "data" / "c1" / "1.jpg", quality=90)
+    whole = (root / "data" / "c1" / "1.jpg").read_bytes()
+    (root / "data" / "c1" / "1.jpg").write_bytes(whole[: len(whole) // 2])
     return f"folder:{root / 'data'}"
 
 
@@ -71,7 +87,9 @@ def unknown_kind(root: Path) -> str:
 
 DATASET_CASES: list[tuple[str, Callable[[Path], str], str]] = [
     ("an image symlinked from outside the folder", link_outside, "outside the dataset folder"),
+    ("a test/ split folder symlinked from outside", split_folder_linked_outside, "outside the dataset folder"),
     ("a .png file of random bytes", not_an_image, "not a readable image"),
+    ("a JPEG cut off halfway", truncated_jpeg, "not a readable image"),
     ("a 9000 x 9000 PNG (decompression bomb)", decompression_bomb, "image too large"),
     ("images of different sizes, no --image-size", mixed_sizes, "differ in size"),
     ("class folders without images", empty_folder, "no images"),

@@ -5,7 +5,7 @@ out-of-range indices, missing attributes or arrays, NaN, garbage JSON) and given
 `cluster`, `tasks`, `meta` and `evaluate`, in process (click's CliRunner) to keep it fast. Each run
 must either succeed or exit 1 with one `cactus: error:` line naming the damaged file.
 
-`python -m tests.test_hostile_inputs` writes the table of named cases to bench/results/bad_inputs.md.
+`python bench/bad_inputs.py` writes the table of named cases to bench/results/bad_inputs.md (tests only assert).
 """
 
 from __future__ import annotations
@@ -301,48 +301,3 @@ def test_random_damage_never_crashes(pipeline, kind, mutation):
 def test_random_damage_never_crashes_long(pipeline, kind, mutation):
     _random_damage(pipeline, kind, mutation)
 
-
-def write_table(target: Path) -> None:
-    """Run the named cases and write bench/results/bad_inputs.md."""
-    import torch
-
-    torch.set_num_threads(1)
-    rows = ["| artifact | damage | command | outcome |", "|---|---|---|---|"]
-    with tempfile.TemporaryDirectory() as clean:
-        pipeline = build_pipeline(Path(clean))
-        for kind, description, mutate in NAMED_CASES:
-            with tempfile.TemporaryDirectory() as folder:
-                folder = Path(folder)
-                path = folder / pipeline[kind].name
-                shutil.copy(pipeline[kind], path)
-                mutate(path)
-                for args in commands(kind, path, pipeline, folder):
-                    result = run(args)
-                    try:
-                        message = outcome(result, path)
-                    except (AssertionError, pytest.fail.Exception):
-                        if result.exception is not None and not isinstance(result.exception, SystemExit):
-                            message = f"**GAP: uncaught {type(result.exception).__name__}: {result.exception}**"
-                        else:
-                            message = f"**GAP: not one line:** {' / '.join(result.stderr.strip().splitlines()[:2])}"
-                    message = message.replace(str(folder) + "/", "").replace("|", "\\|").replace("\n", " ")
-                    rows.append(f"| {kind}.h5 | {description} | `cactus {args[0]}` | {message} |")
-    from tests.test_hostile_datasets import DATASET_CASES, embed_outcome
-
-    dataset_rows = ["| dataset | `cactus embed --data` gets |", "|---|---|"]
-    for description, build, _ in DATASET_CASES:
-        with tempfile.TemporaryDirectory() as folder:
-            _, stderr, _ = embed_outcome(Path(folder), build)
-            message = stderr.strip().splitlines()[-1].replace(str(folder) + "/", "").replace(str(folder), ".")
-            message = message.replace("|", "\\|")
-            dataset_rows.append(f"| {description} | {message} |")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("# Bad inputs tried and the error each gets\n\n"
-                      "Written by `python -m tests.test_hostile_inputs` (the named cases of "
-                      "tests/test_hostile_inputs.py and tests/test_hostile_datasets.py; the hypothesis test "
-                      "tries random damage on top).\n\n## Damaged artifacts\n\n"
-                      + "\n".join(rows) + "\n\n## Bad datasets\n\n" + "\n".join(dataset_rows) + "\n")
-
-
-if __name__ == "__main__":
-    write_table(REPO / "bench" / "results" / "bad_inputs.md")

@@ -38,8 +38,8 @@ class CactusGroup(click.Group):
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), is_eager=True,
               expose_value=False, callback=config_option_callback, envvar="CACTUS_CONFIG",
               help="TOML file with one [COMMAND] table of options each (see `cactus config show`).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug lines too (cache hits and misses, bytes written).")
 def main(quiet: bool, verbose: bool) -> None:
     """Unsupervised meta-learning: CACTUs and a meta-learned unsupervised update rule.
 

@@ -27,7 +27,9 @@ def os_reason(error: OSError) -> str:
     """A short reason for an OSError; a full disk or quota always reads "no space left on device"."""
     if error.errno in NO_SPACE or "no space" in str(error).lower():
         return "no space left on device"
-    return error.strerror or str(error).splitlines()[0] if str(error) else type(error).__name__
+    if error.strerror:
+        return error.strerror
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 @contextmanager

@@ -57,7 +57,7 @@ def cached_images(kind: str, source: str, content: str, build: Callable[[], RawI
     if found is not None:
         log.debug(f"dataset cache: hit {stem}.npy")
         return found
-    log.debug(f"dataset cache: miss {stem}.npy")
+    log.info(f"{kind}: decoding the images once, into the cache {stem}.npy")
     raw = build()
     if not _store(stem, raw):
         return raw
@@ -97,7 +97,7 @@ def _store(stem: Path, raw: RawImages) -> bool:
     except CactusError as error:
         log.debug(f"dataset cache: not written ({error})")  # caching is an optimisation
         return False
-    log.info(f"decoded images cached in {stem}.npy")
+    log.debug(f"dataset cache: wrote {stem}.npy ({raw.images.nbytes:,} bytes)")
     return True
 
 

@@ -114,8 +114,9 @@ def load_dataset(
 
     image_size: resize every image to (image_size, image_size); Omniglot defaults to 28.
     split: ``default`` (per dataset), ``classes`` (seeded split by class), ``lake`` (Omniglot's
-        background / evaluation alphabets), ``files`` (a dataset's own train / test files) or
-        ``images`` (a seeded half of the images for meta-training, the rest for test; digits' default).
+        background / evaluation alphabets), ``files`` (a dataset's own train / test files, or a
+        folder's train/ val/ test/ sub-folders: the default for such a folder) or ``images`` (a
+        seeded half of the images for meta-training, the rest for test; digits' default).
     """
     if split not in SPLIT_RULES:
         raise CactusError(f"--split {split!r}: expected one of {', '.join(SPLIT_RULES)}")

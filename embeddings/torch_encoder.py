@@ -4,7 +4,7 @@
 networks, its loss and its own learned extras:
 
 - the parameters every one of them takes (``seed``, ``epochs``, ``batch_size``, ``lr``, ``quick``,
-  ``device``, ``threads``) and their checks;
+  ``device``, ``threads``); a subclass redeclares a field to change its default;
 - the start of a fit (check the images, seed torch, resolve the device and threads, build the
   networks on the device in train mode), and the training run itself: the shared loop
   :func:`embeddings.train_utils.train_epochs` with a checkpointable
@@ -14,8 +14,9 @@ networks, its loss and its own learned extras:
   plus the input shape and the encoder's own extra arrays;
 - ``transform`` in batches, in eval mode, after checking the input shape.
 
-A subclass declares its fields (a ``@dataclass(eq=False, kw_only=True)``), ``learned_modules``,
-``quick_epochs`` / ``full_epochs``, and implements ``_build(image_shape)``, ``fit`` and ``_embed``.
+A subclass is a ``@dataclass(eq=False, kw_only=True)`` declaring its own fields, ``learned_modules``,
+``quick_epochs`` / ``full_epochs`` and ``positive_params``; it implements ``_build(image_shape)``,
+``fit`` (``_start_fit``, its optimisers and step, ``_train``) and ``_embed``.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class TorchEncoder(Encoder):
     #: The learned torch modules: attribute name (ending in ``_``) -> prefix of its arrays in get_state().
     learned_modules: ClassVar[dict[str, str]] = {}
     quick_epochs: ClassVar[int] = 1
-    positive_params: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "lr")
     full_epochs: ClassVar[int] = 3
+    positive_params: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "lr")
 
     # -- parameters -------------------------------------------------------------------------
     def epochs_to_run(self) -> int:

@@ -141,6 +141,71 @@ def test_replay_without_the_inputs_beside_it_is_one_clear_line(digits_chain, tmp
     assert len(result.stderr.strip().splitlines()) == 1 and "cluster input" in result.stderr
 
 
+def crafted_copy(original, folder, name: str, edit) -> None:
+    """The chain's artifacts copied into ``folder``, with ``edit(config)`` applied to ``name``'s stored config."""
+    import shutil
+
+    import h5py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in original.glob("*.h5"):
+        shutil.copy(path, folder / path.name)
+    with h5py.File(folder / name, "r+") as handle:
+        config = json.loads(handle.attrs["config"])
+        edit(config)
+        handle.attrs["config"] = json.dumps(config, sort_keys=True)
+
+
+def _set(path: tuple[str, ...], value):
+    def edit(config):
+        for key in path[:-1]:
+            config = config[key]
+        config[path[-1]] = value
+    return edit
+
+
+def _drop(path: tuple[str, ...]):
+    def edit(config):
+        for key in path[:-1]:
+            config = config[key]
+        del config[path[-1]]
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, fragment", [
+    ("parts.h5", _set(("bogus",), 1), "has bogus, not an option"),
+    ("parts.h5", _drop(("partitions",)), "lacks 'partitions'"),
+    ("parts.h5", _set(("partitions",), "abc"), "--partitions 'abc'"),
+    ("tasks.h5", _set(("num_tasks",), 1e9), "--num-tasks 1000000000: must be at most"),
+    ("tasks.h5", _set(("ways",), 1), "--ways 1: must be at least 2"),
+    ("learner.h5", _drop(("learner",)), "no learner"),
+    ("learner.h5", _set(("learner", "filters"), "abc"), "--filters 'abc'"),
+    ("learner.h5", _set(("learner", "downsample"), "sideways"), "--downsample 'sideways'"),
+    ("learner.h5", _set(("learner", "bogus"), 1), "has bogus"),
+    ("emb.h5", _drop(("encoder", "method")), "no encoder method"),
+])
+def test_a_crafted_stored_config_is_one_line_saying_recompute(digits_chain, tmp_path, name, edit, fragment):
+    original, _ = digits_chain
+    crafted_copy(original, tmp_path / "in", name, edit)
+    result = run_cli("run", "--config", str(tmp_path / "in" / "learner.h5"), "--out-dir", str(tmp_path / "out"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("cactus: error: ") and fragment in lines[-1], lines[-1]
+    assert "recompute" in lines[-1] or name == "emb.h5"
+    if name != "emb.h5":  # every stored config is checked before any stage runs
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_artifact_from_before_the_relaxed_engine_replays_with_faiss(digits_chain, tmp_path):
+    from cactus.core.store import read_artifact
+    from cactus.stages.replay import stored_settings
+
+    original, _ = digits_chain
+    crafted_copy(original, tmp_path, "parts.h5", _drop(("engine",)))
+    settings = stored_settings(read_artifact(tmp_path / "parts.h5", arrays=False), "auto", 1)
+    assert settings.engine == "faiss" and settings.clusters == 15 and settings.threads == 1
+
+
 # -- CLI comfort ------------------------------------------------------------------------------
 
 

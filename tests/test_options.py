@@ -335,4 +335,9 @@ def test_too_many_ways_for_the_partitions_says_fewer_ways_or_more_clusters(tmp_p
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--ways 50" in lines[0] and "fewer ways or more clusters" in lines[0], lines
     assert not (tmp_path / "t.h5").exists()
+    # cactus run asks each partition to keep --ways clusters: the cluster stage says so before clustering
+    result = invoke(["run", "--ways", "50", "--out-dir", str(tmp_path / "run"), "--partitions", "2"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert "fewer ways or more clusters" in lines[-1] and "--ways" in lines[-1], lines
 

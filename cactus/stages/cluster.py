@@ -147,6 +147,9 @@ def run_cluster(out: Path, embed_file: Path, options: ClusterConfig | None = Non
     k = options.clusters or default_clusters(len(rows))
     options = replace(options, clusters=k, iterations=resolved_iterations(options.engine, options.iterations),
                       min_clusters=options.min_clusters if options.min_clusters is not None else max(2, k // 10))
+    if options.min_clusters > k:
+        raise CactusError(f"--min-clusters {options.min_clusters}: more than the {k} clusters of a partition "
+                          "(cactus run: --ways); use fewer ways or more clusters (--clusters)")
     partitions, seed, engine, threads = options.partitions, options.seed, options.engine, options.threads
     min_cluster_size, min_clusters, iterations = options.min_cluster_size, options.min_clusters, options.iterations
     config = key_config(options)

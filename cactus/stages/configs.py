@@ -27,6 +27,8 @@ VALIDATIONS = ("pseudo", "labels", "none")
 TASK_SOURCES = ("partitions", "labels")
 BENCHMARKS = ("tasks", "omniglot-lake-runs")
 EVAL_LEARNERS = ALGOS + EMBEDDING_LEARNERS
+#: At most this many tasks are sampled at once (10^7 5-way 6-image tasks already take 1.2 GB of indices).
+MAX_TASKS = 10_000_000
 #: Tasks per meta-update when --meta-batch is not given (the papers' settings).
 META_BATCH_DEFAULT = {"protonets": 1, "maml": 8}
 
@@ -132,7 +134,7 @@ class TaskShape(Checked):
     ways: int = option(5, "Classes per task (N; at least 2).", kind=int, low=2, short=("-n",))
     shots: int = option(1, "Support images per class (K).", kind=int, low=1, short=("-k",))
     queries: int = option(5, "Query images per class (Q).", kind=int, low=1, short=("-q",))
-    num_tasks: int = option(10000, "Tasks to sample.", kind=int, low=1)
+    num_tasks: int = option(10000, "Tasks to sample.", kind=int, low=1, high=MAX_TASKS)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ class EvaluateConfig(Checked):
     shots: tuple[int, ...] = option((1, 5), "Shots, comma-separated, e.g. 1,5.", kind="ints", low=1, key=False,
                                     run_name="eval_shots")
     queries: int = option(5, "Query images per class.", kind=int, low=1, key=False, run_name="eval_queries")
-    num_tasks: int = option(1000, "Evaluation tasks per setting.", kind=int, low=1, key=False,
+    num_tasks: int = option(1000, "Evaluation tasks per setting.", kind=int, low=1, high=MAX_TASKS, key=False,
                             run_name="eval_tasks")
     seed: int = seed_option("Seed of the evaluation tasks.", key=False)
     benchmark: str = option("tasks", "omniglot-lake-runs: Lake et al.'s 20 runs of 20-way 1-shot (train on --split "

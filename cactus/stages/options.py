@@ -191,6 +191,9 @@ class Checked:
                 if meta.kind is Path and isinstance(value, str):
                     value = Path(value)
                     object.__setattr__(self, field.name, value)
+                if meta.kind is int and isinstance(value, float) and value.is_integer():  # 5.0 from a JSON config
+                    value = int(value)
+                    object.__setattr__(self, field.name, value)
                 meta.check("--" + (meta.name or field.name).replace("_", "-"), value)
 
 

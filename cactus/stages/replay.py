@@ -48,48 +48,32 @@ def chain(path: Path) -> list[Artifact]:
     return found
 
 
-def replay_stage(artifact: Artifact, out: Path, previous: Path | None, device: str, threads: int | None,
-                 force: bool, replayed: dict[str, Path] | None = None) -> StageResult:
-    """Run ``artifact``'s stage again with its stored config, writing ``out``.
+def stored_settings(artifact: Artifact, device: str, threads: int | None) -> Any:
+    """The declared settings (:mod:`cactus.stages.configs`) that ``artifact``'s stored config gives.
 
-    The stored config is turned back into the stage's declared settings (:mod:`cactus.stages.configs`):
-    a key this version does not declare, or one it needs that the artifact lacks, is one error line
-    saying to recompute. previous: the replayed input artifact; replayed: {original key: replayed
-    path} of the chain so far.
+    Checked like options on the command line; a key this version does not declare, one it needs
+    that the artifact lacks, or a value out of range is one error line saying to recompute.
+    ``device`` / ``threads`` (not part of any key) are the caller's. For an embed artifact: the
+    dataset reference, the method and the encoder's stored parameters (the encoder checks them).
     """
-    replayed = replayed or {}
     config, where = artifact.config, artifact.path
     if artifact.stage == "embed":
-        from cactus.stages.embed import run_embed
-
-        params = dict(config.get("encoder") or {})
+        params = dict(config.get("encoder") or {}) if isinstance(config.get("encoder"), dict) else {}
         method = params.pop("method", None)
         if method is None:
             raise CactusError(f"{where}: its embed config names no encoder method; recompute it")
-        encoder_file = find_input(artifact, "embed").path if config.get("encoder_from") else None
-        return run_embed(out, DataRef.from_dict(config.get("data"), where), method,
-                         {**params, **runtime_options(method, device, threads)}, encoder_file, force)
-    if artifact.stage == "cluster":
-        from cactus.stages.cluster import run_cluster
-
-        # artifacts from before the relaxed engine were faiss's; train_sample is derived from the data
-        options = from_stored(ClusterConfig, config, where, "cluster", {"threads": threads},
-                              old_defaults={"engine": "faiss"}, derived=("train_sample",))
-        return run_cluster(out, previous, options, force=force)
+        return DataRef.from_dict(config.get("data"), where), method, {**params,
+                                                                      **runtime_options(method, device, threads)}
+    if artifact.stage == "cluster":  # before the relaxed engine there was faiss's; train_sample is derived
+        return from_stored(ClusterConfig, config, where, "cluster", {"threads": threads},
+                           old_defaults={"engine": "faiss"}, derived=("train_sample",))
     if artifact.stage == "tasks":
-        from cactus.stages.tasks import run_tasks
-
-        return run_tasks(out, previous, from_stored(TasksConfig, config, where, "tasks"), force=force)
-    from cactus.stages.meta import meta_stage
-
-    learner = dict(config.get("learner") or {}) if isinstance(config.get("learner"), dict) else None
-    if learner is None or "algo" not in learner:
+        return from_stored(TasksConfig, config, where, "tasks")
+    learner = dict(config["learner"]) if isinstance(config.get("learner"), dict) else {}
+    if "algo" not in learner:
         raise CactusError(f"{where}: its meta config has no learner; recompute it")
     learner.pop("ways", None)  # the tasks fix it
-    init_from = None
-    if learner.pop("encoder", None) is not None:  # --init-from: start from the encoder of an embed artifact
-        source = find_input(artifact, "embed")
-        init_from = replayed.get(source.key, source.path)
+    learner.pop("encoder", None)  # --init-from: the embed artifact among its inputs (see replay_stage)
     fixed: dict[str, Any] = {"device": device, "threads": threads}
     if config.get("tasks_from") == "labels":
         oracle = config.get("oracle_tasks")
@@ -97,15 +81,42 @@ def replay_stage(artifact: Artifact, out: Path, previous: Path | None, device: s
             raise CactusError(f"{where}: an oracle learner without its oracle_tasks; recompute it")
         fixed.update(oracle)
         fixed.update(DataRef.from_dict(artifact.attrs.get("data"), where).as_dict())
-        previous = None
-    top = {k: v for k, v in config.items() if k not in ("learner", "oracle_tasks")}
-    learner_fields = {entry.field for entry in declared(MetaConfig, key="learner")}
-    unknown = sorted(set(learner) - learner_fields)
+    unknown = sorted(set(learner) - {entry.field for entry in declared(MetaConfig, key="learner")})
     if unknown:
         raise CactusError(f"{where}: its learner config has {', '.join(unknown)}, not an option of this version "
                           "of cactus; recompute it")
-    settings = from_stored(MetaConfig, top, where, "meta", {**fixed, **learner})
-    return meta_stage(out, previous, settings, init_from, force)
+    top = {k: v for k, v in config.items() if k not in ("learner", "oracle_tasks")}
+    return from_stored(MetaConfig, top, where, "meta", {**fixed, **learner})
+
+
+def replay_stage(artifact: Artifact, settings: Any, out: Path, previous: Path | None, force: bool,
+                 replayed: dict[str, Path] | None = None) -> StageResult:
+    """Run ``artifact``'s stage again with ``settings`` (:func:`stored_settings`), writing ``out``.
+
+    previous: the replayed input artifact; replayed: {original key: replayed path} of the chain so far.
+    """
+    replayed = replayed or {}
+    if artifact.stage == "embed":
+        from cactus.stages.embed import run_embed
+
+        data, method, params = settings
+        encoder_file = find_input(artifact, "embed").path if artifact.config.get("encoder_from") else None
+        return run_embed(out, data, method, params, encoder_file, force)
+    if artifact.stage == "cluster":
+        from cactus.stages.cluster import run_cluster
+
+        return run_cluster(out, previous, settings, force=force)
+    if artifact.stage == "tasks":
+        from cactus.stages.tasks import run_tasks
+
+        return run_tasks(out, previous, settings, force=force)
+    from cactus.stages.meta import meta_stage
+
+    init_from = None
+    if artifact.config["learner"].get("encoder") is not None:  # ProtoNets started from an embed artifact's encoder
+        source = find_input(artifact, "embed")
+        init_from = replayed.get(source.key, source.path)
+    return meta_stage(out, None if settings.tasks_from == "labels" else previous, settings, init_from, force)
 
 
 def replay(path: Path, out_dir: Path, device: str = "auto", threads: int | None = None,
@@ -116,14 +127,15 @@ def replay(path: Path, out_dir: Path, device: str = "auto", threads: int | None 
     stored one (the code or the dataset changed since) is reported with a warning.
     """
     artifacts = chain(Path(path))
+    plan = [stored_settings(artifact, device, threads) for artifact in artifacts]  # every config checked first
     log.info(f"replay: re-running the {len(artifacts)} stages that produced {path} into {out_dir}")
     results: list[StageResult] = []
     written: dict[str, Path] = {}
     by_key: dict[str, Path] = {}
     previous: Path | None = None
-    for artifact in artifacts:
+    for artifact, settings in zip(artifacts, plan, strict=True):
         out = Path(out_dir) / artifact.path.name
-        result = replay_stage(artifact, out, previous, device, threads, force, by_key)
+        result = replay_stage(artifact, settings, out, previous, force, by_key)
         if result.key != artifact.key:
             log.warn(f"replay: {artifact.stage} gives key {result.key[:12]}, {artifact.path} has "
                      f"{artifact.key[:12]} (the code or the data changed since it was made)")

@@ -113,3 +113,14 @@ def test_verbose_adds_the_store_debug_lines_and_quiet_leaves_only_errors(tmp_pat
     assert "up to date" in normal.stderr and "store:" not in normal.stderr
     assert f"cactus: store: cache hit for {out}" in again.stderr and "checksums verified" in again.stderr
     assert quiet.stderr == ""
+
+
+def test_a_write_failing_midway_keeps_the_previous_artifact_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.h5"
+    write_artifact(path, "tasks", {}, [], {"x": np.zeros(3)})
+    before = path.read_bytes()
+    with pytest.raises(TypeError):  # a programming error stays one, but nothing is left behind
+        write_artifact(path, "tasks", {}, [], {"x": np.arange(4), "y": np.array([object()])})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.h5"]
+    with h5py.File(path) as raw:  # every dataset is checksummed
+        assert raw["x"].fletcher32 and raw["x"].chunks is not None

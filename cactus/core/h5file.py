@@ -110,7 +110,8 @@ def write_h5(path: Path, fill: Callable[[Any], None]) -> int:
         except Exception as error:  # noqa: BLE001 - a close after a failed write; the sink's error explains it
             failure = failure or error
         del h5
-        gc.collect()  # h5py object ids still referenced from a traceback frame are released here, not at exit
+        if failure is not None or sink.error is not None:
+            gc.collect()  # h5py ids still referenced from a traceback's frames are released now, not at exit
     except BaseException as error:  # noqa: BLE001 - opening failed
         failure = failure or error
     finally:

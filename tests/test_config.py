@@ -262,3 +262,12 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(monkeypatch, 
     monkeypatch.setattr(sys, "stderr", terminal)
     assert list(Progress(range(3), 3, "step", every_s=0.0)) == [0, 1, 2]
     assert "\r" in terminal.getvalue() and "cactus: step" not in terminal.getvalue()  # a redrawn tqdm bar
+
+
+def test_an_artifact_given_as_the_config_file_is_one_clear_line(tmp_path):
+    artifact = tmp_path / "learner.h5"
+    artifact.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    result = run_cli("--config", str(artifact), "run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert "not a TOML file" in lines[0] and "cactus run --config FILE.h5" in lines[0]

@@ -51,6 +51,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise CactusError(f"--config {path}: cannot read ({error.strerror})") from None
     except tomllib.TOMLDecodeError as error:
         raise CactusError(f"--config {path}: not valid TOML ({error})") from None
+    except UnicodeDecodeError:
+        hint = "; to replay an artifact give it to the command: cactus run --config FILE.h5" \
+            if Path(path).suffix.lower() in (".h5", ".hdf5") else ""
+        raise CactusError(f"--config {path}: not a TOML file (not UTF-8 text){hint}") from None
 
 
 def _param_for(command: click.Command, key: str) -> click.Parameter | None:

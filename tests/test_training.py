@@ -181,12 +181,16 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt"]  # no temporary file left
 
 
-@pytest.mark.parametrize("value", ["nan", "-1"])
-def test_rule_meta_train_refuses_a_negative_interval(value):
+@pytest.mark.parametrize("value", ["nan", "-1", "0"])
+def test_rule_meta_train_checks_the_interval_as_meta_and_embed_do(value):
     from click.testing import CliRunner
 
     from cli import main
 
-    result = CliRunner().invoke(main, ["rule", "meta-train", "--data", "digits", "--checkpoint-every", value])
-    assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[-1].endswith(": must be 0 or more seconds")
+    outcomes = []
+    for command in (["rule", "meta-train", "--data", "digits"], ["meta", "t.h5", "-o", "m.h5"],
+                    ["embed", "--data", "digits", "-o", "e.h5"]):
+        result = CliRunner().invoke(main, [*command, "--checkpoint-every", value])
+        outcomes.append((result.exit_code, result.stderr.strip().splitlines()[-1].split(" (see ")[0]))
+    assert outcomes[0] == outcomes[1] == outcomes[2], outcomes
+    assert outcomes[0][0] == 2 and "Invalid value for '--checkpoint-every'" in outcomes[0][1]

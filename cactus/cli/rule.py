@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from cactus.cli.options import stage_options
 from cactus.core.errors import CactusError
+from cactus.stages.configs import checkpoint_every_option
+
+
+@dataclass(frozen=True)
+class RuleCheckpoints:
+    """``--checkpoint-every``, declared once for ``embed``, ``meta`` and ``rule meta-train`` (seconds)."""
+
+    checkpoint_every: float = checkpoint_every_option()
 
 
 def _pair(value: str, option: str) -> tuple[int, int]:
@@ -55,8 +65,7 @@ def rule() -> None:
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Checkpoint file [OUT.ckpt]; removed once the rule is written.")
-@click.option("--checkpoint-every", type=float, default=300.0, show_default=True,
-              help="Seconds between checkpoints (one is also written on SIGTERM/SIGINT).")
+@stage_options(RuleCheckpoints)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint (same options; --outer-steps may change).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def meta_train(data, image_size, out, width_range, depth_range, unroll, unroll_min, window, outer_steps, meta_lr,
@@ -73,8 +82,6 @@ def meta_train(data, image_size, out, width_range, depth_range, unroll, unroll_m
     from cactus.update_rule.config import RuleConfig
     from cactus.update_rule.train import meta_train as run_meta_train
 
-    if not checkpoint_every >= 0:  # also refuses nan
-        raise CactusError(f"--checkpoint-every {checkpoint_every}: must be 0 or more seconds")
     resolve_device("cpu", threads)
     config = RuleConfig(width_range=_pair(width_range, "--width-range"),
                         depth_range=_pair(depth_range, "--depth-range"),

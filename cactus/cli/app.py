@@ -16,8 +16,9 @@ from cactus.core.errors import CactusError
 class CactusGroup(click.Group):
     """Turns user errors into one line on stderr and a non-zero exit code, never a traceback.
 
-    A command's usage error (an unknown option, a value outside its declared range) exits 2 as
-    click's does, but in one line; a CactusError (bad input found while running) exits 1.
+    A command's usage error (an unknown option, a value that does not parse) exits 2 as click's
+    does, but in one line; a value outside its declared range, like a CactusError (bad input found
+    while running), exits 1.
     """
 
     def invoke(self, ctx):
@@ -30,7 +31,7 @@ class CactusGroup(click.Group):
                 raise  # `cactus rule` alone: click prints the group's help
             where = error.ctx.command_path if error.ctx is not None else ctx.command_path
             click.echo(f"cactus: error: {error.format_message()} (see {where} --help)", err=True)
-            sys.exit(2)
+            sys.exit(error.exit_code)
         except CactusError as error:
             click.echo(f"cactus: error: {error}", err=True)
             sys.exit(1)

@@ -33,6 +33,15 @@ def int_list(_ctx, param, value):
     return numbers
 
 
+class OutOfRange(click.BadParameter):
+    """A value that parses but is outside its declared range or kind: bad input (exit 1), as a CactusError is.
+
+    A value that does not parse at all (``--partitions abc``) stays click's usage error (exit 2).
+    """
+
+    exit_code = 1
+
+
 class DeclaredType(click.ParamType):
     """A number, a list of integers or a string, checked against its declaration (:class:`Opt`)."""
 
@@ -48,9 +57,12 @@ class DeclaredType(click.ParamType):
             return None
         try:
             parsed = self._parse(value)
-            self.opt.check(self.flag, parsed)
         except CactusError as error:
             self.fail(str(error).removeprefix(f"{self.flag} "), param, ctx)
+        try:
+            self.opt.check(self.flag, parsed)
+        except CactusError as error:
+            raise OutOfRange(str(error).removeprefix(f"{self.flag} "), ctx=ctx, param=param) from None
         return parsed
 
     def _parse(self, value: Any) -> Any:

@@ -57,7 +57,7 @@ def resume_option() -> Any:
 
 
 def checkpoint_every_option() -> Any:
-    return option(300.0, "Seconds between checkpoints of the training.", kind=float, low=0, low_open=True,
+    return option(300.0, "Seconds between checkpoints of the training (0: at every step).", kind=float, low=0,
                   key=False)
 
 

@@ -61,12 +61,12 @@ def test_meta_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tasks_
 
     out = tmp_path / "learner.h5"
     checkpoint = tmp_path / "learner.h5.ckpt"
-    args = ["meta", str(tasks_file), "-o", str(out), *META, "--checkpoint-every", "0.001"]
+    args = ["meta", str(tasks_file), "-o", str(out), *META, "--checkpoint-every", "0"]
     job = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], cwd=REPO,
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not checkpoint.exists():  # every 1 ms: the first step has run once it exists
+    while not checkpoint.exists():  # --checkpoint-every 0: the first step has run once it exists
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
@@ -115,7 +115,7 @@ def test_resume_refuses_a_malformed_checkpoint_in_one_line(tasks_file, tmp_path)
     from cactus.core.training import save_checkpoint
 
     out, checkpoint = tmp_path / "learner.h5", tmp_path / "learner.h5.ckpt"
-    args = ["meta", str(tasks_file), "-o", str(out), *META, "--checkpoint-every", "0.001", "--iterations", "2"]
+    args = ["meta", str(tasks_file), "-o", str(out), *META, "--checkpoint-every", "0", "--iterations", "2"]
     assert cli(*args).returncode == 0
     key = read(out).key  # --iterations is part of the key: write checkpoints for 2 iterations
     out.unlink()

@@ -30,7 +30,8 @@ from cactus.datasets.readers import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, RawImages,
 SPLIT_FOLDERS = {"train": 0, "test": 1, "val": 2}  # folder name -> RawImages.groups value
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 CHUNK = 256  # images per task of the decoding pool
-WORKERS = 2
+# Decoding threads (Pillow releases the GIL while libjpeg / zlib decode): at most 2, never more than the cores.
+WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)

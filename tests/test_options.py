@@ -202,6 +202,10 @@ def test_help_lists_every_choice(name):
         for entry in declared(cls):
             for choice in entry.opt.allowed() or ():
                 assert choice in help_text, (name, entry.name, choice)
+    if name == "run":
+        from cactus.stages.presets import PRESETS
+
+        assert all(preset in help_text for preset in PRESETS)
 
 
 def test_embed_help_lists_every_encoder_and_split():

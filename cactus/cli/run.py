@@ -19,6 +19,7 @@ import click
 from cactus.cli.config_file import run_config_callback
 from cactus.cli.options import run_options
 from cactus.stages.configs import STAGE_CONFIGS
+from cactus.stages.presets import BUDGETS, PRESETS
 
 #: What `cactus run` uses for a stage option left unset: the pipeline fits each stage to the next.
 DERIVED = {
@@ -70,8 +71,9 @@ def resolve(values: dict[str, Any], pixels: int) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--preset", default=None, help="cactus-omniglot | cactus-omniglot-protonets | ours-omniglot")
-@click.option("--budget", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Named settings for every option not given (README: presets).")
+@click.option("--budget", type=click.Choice(list(BUDGETS)), default="cpu", show_default=True,
               help="With --preset: cpu = within an hour on 2 cores; paper = the paper's iterations.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None,
               help="Folder for the artifacts [runs/<preset or data>].")

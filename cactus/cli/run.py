@@ -71,8 +71,8 @@ def resolve(values: dict[str, Any], pixels: int) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-              help="Named settings for every option not given (README: presets).")
+@click.option("--preset", default=None, metavar="NAME",
+              help=f"Named settings for every option not given: {' | '.join(sorted(PRESETS))}.")
 @click.option("--budget", type=click.Choice(list(BUDGETS)), default="cpu", show_default=True,
               help="With --preset: cpu = within an hour on 2 cores; paper = the paper's iterations.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None,

@@ -12,6 +12,7 @@ from cactus.core.errors import CactusError
 
 REGISTRY: dict[str, str] = {
     "pca": "embeddings.pca:PCAEncoder",
+    "pixels": "embeddings.pixels:PixelsEncoder",
     "contrastive": "embeddings.contrastive:ContrastiveEncoder",
     "deepcluster": "embeddings.deepcluster:DeepClusterEncoder",
     "load": "embeddings.load:LoadEncoder",

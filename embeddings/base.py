@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -144,5 +144,23 @@ def check_images(images: np.ndarray) -> None:
 
 
 def as_float_pixels(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 -> (N, H*W*C) float32 in [0, 1]."""
+    """(N, H, W, C) uint8 -> (N, H*W*C) float32 in [0, 1] (all at once: see :func:`float_pixel_chunks`)."""
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+#: Bytes of float32 pixels converted at a time by :func:`float_pixel_chunks` (a few hundred 84x84 RGB images).
+CHUNK_BYTES = 64 * 2**20
+
+
+def float_pixel_chunks(images: np.ndarray, chunk_bytes: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """(N, H, W, C) uint8 -> (rows, (n, H*W*C) float32 in [0, 1]) for consecutive row slices.
+
+    Never more than ``chunk_bytes`` (default :data:`CHUNK_BYTES`) of float pixels at once (at least
+    one image), so a pass over 38,400 miniImageNet images at 84x84 (3.25 GB as float32) holds ~64 MB.
+    """
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    width = int(np.prod(images.shape[1:]))
+    step = max(1, chunk_bytes // (4 * max(width, 1)))
+    for start in range(0, len(images), step):
+        rows = slice(start, min(start + step, len(images)))
+        yield rows, as_float_pixels(images[rows])

@@ -3,8 +3,15 @@
 Each epoch: embed every image with the current conv net, PCA-whiten and L2-normalise the
 features, cluster them with k-means (``cactus.clustering.partitions.KMeans``, faiss), then train the conv net
 with a freshly initialised linear classifier on the cluster ids for one pass over images drawn
-uniformly over the pseudo-classes (so large clusters do not dominate), with light augmentation.
+uniformly over the pseudo-classes (so large clusters do not dominate), with augmentation.
 The embedding is the final features, PCA-whitened to ``dim`` and L2-normalised.
+
+Chosen by the images' channels, as in the paper for colour photos: 3-channel images go through a
+fixed grey + Sobel filter (:class:`Sobel`, two gradient channels) before the conv net, so the
+clusters cannot form on colour alone, and train with the photo augmentations of
+:func:`embeddings.augment.config_for` (random resized crop, flip, colour jitter, grey); grey
+images (strokes) keep their pixels and a light version of the stroke set. k is capped by the
+data (:meth:`DeepClusterEncoder.clusters_for`): at most one cluster per 10 training images.
 """
 
 from __future__ import annotations
@@ -38,6 +45,30 @@ def whiten(features: np.ndarray, mean: np.ndarray, components: np.ndarray, scale
     return out.astype(np.float32, copy=False)
 
 
+def sobel_module():
+    """A fixed (not learned) torch module: (B, 3, H, W) RGB in [0, 1] -> (B, 2, H, W) Sobel gradients of the grey image.
+
+    Caron et al. (2018) feed the conv net these two channels instead of colour: grey (the mean of
+    R, G, B as in their code) then the horizontal and vertical 3x3 Sobel filters, zero-padded.
+    Its weights are non-persistent buffers: nothing of it is stored in an artifact.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Sobel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            gx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+            self.register_buffer("kernels", torch.stack([gx, gx.T])[:, None], persistent=False)  # (2, 1, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            grey = x.mean(dim=1, keepdim=True)
+            return F.conv2d(grey, self.kernels, padding=1)
+
+    return Sobel()
+
+
 def uniform_over_clusters(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` image indices drawn so that every non-empty cluster is equally likely (Caron et al. 2018)."""
     clusters = np.unique(labels)
@@ -51,11 +82,13 @@ class DeepClusterEncoder(TorchEncoder):
     """DeepCluster on a conv4 backbone.
 
     Hyper-parameters: ``dim`` PCA dimensions of the embedding, ``features`` channels of the last conv
-    block (>= dim), ``width`` / ``depth`` of the other blocks, ``clusters`` k of k-means, SGD with
+    block (>= dim), ``width`` / ``depth`` of the other blocks, ``clusters`` k of k-means (the paper's
+    500; capped at one cluster per 10 training images, see :meth:`clusters_for`), SGD with
     momentum at ``lr`` and ``weight_decay``, ``epochs`` cluster-then-train rounds (``quick``: 3
-    instead of 10 when ``epochs`` is not given), ``augment``: light augmentation of the training
-    images. Learned: ``backbone_``, ``pca_mean_`` (F,), ``pca_components_`` (dim, F), ``pca_scale_``
-    (dim,), ``losses_`` (mean classification loss per epoch).
+    instead of 10 when ``epochs`` is not given), ``augment``: augmentation of the training images
+    (the photo set for 3 channels, a light stroke set otherwise). Learned: ``backbone_`` (Sobel
+    front for 3 channels, then the conv net), ``clusters_`` (the k used), ``pca_mean_`` (F,),
+    ``pca_components_`` (dim, F), ``pca_scale_`` (dim,), ``losses_`` (mean classification loss per epoch).
     """
 
     name = "deepcluster"
@@ -81,14 +114,29 @@ class DeepClusterEncoder(TorchEncoder):
         if self.clusters < 2:
             raise CactusError(f"--clusters {self.clusters}: DeepCluster needs at least 2 clusters")
 
+    def clusters_for(self, n_images: int) -> int:
+        """k for ``n_images`` training images: ``clusters``, at most n // 10 (10 images a cluster), at least 2."""
+        return max(2, min(self.clusters, n_images // 10))
+
+    @staticmethod
+    def uses_sobel(channels: int) -> bool:
+        """Whether images with ``channels`` channels go through the grey + Sobel front (colour photos)."""
+        return channels == 3
+
     def _build(self, image_shape: tuple[int, int, int]) -> None:
+        from torch import nn
+
         from embeddings.train_utils import conv_backbone
 
-        self.backbone_ = conv_backbone(image_shape[-1], self.width, self.features, self.depth)
+        channels = image_shape[-1]
+        if self.uses_sobel(channels):
+            self.backbone_ = nn.Sequential(sobel_module(), conv_backbone(2, self.width, self.features, self.depth))
+        else:
+            self.backbone_ = conv_backbone(channels, self.width, self.features, self.depth)
 
     def _check_fit_images(self, images: np.ndarray) -> None:
-        if len(images) < self.clusters:
-            raise CactusError(f"--clusters {self.clusters}: more clusters than the {len(images)} training images")
+        if len(images) < 2:
+            raise CactusError(f"deepcluster encoder: needs at least 2 training images, got {len(images)}")
 
     def _embed(self, batch):
         return self.backbone_(batch)
@@ -100,6 +148,7 @@ class DeepClusterEncoder(TorchEncoder):
         from embeddings.train_utils import recompute_batchnorm
 
         generator = self._start_fit(images)
+        self.clusters_ = self.clusters_for(len(images))
         rng = np.random.default_rng(self.seed)
         optimiser = torch.optim.SGD(self.backbone_.parameters(), lr=self.lr, momentum=0.9,
                                     weight_decay=self.weight_decay)
@@ -147,7 +196,7 @@ class _Rounds:
         enc = self.encoder
         features = enc._embed_images(self.images)
         mean, components, scale = pca_whitening(features, enc.dim)
-        labels = KMeans(enc.clusters, n_iter=20, random_state=enc.seed * 1000 + epoch).fit(
+        labels = KMeans(enc.clusters_, n_iter=20, random_state=enc.seed * 1000 + epoch).fit(
             whiten(features, mean, components, scale)).labels_
         self._new_head()
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -160,7 +209,7 @@ class _Rounds:
         from torch import nn
 
         enc = self.encoder
-        self.head = nn.Linear(enc.features, enc.clusters).to(enc.device_)
+        self.head = nn.Linear(enc.features, enc.clusters_).to(enc.device_)
         self.head_optimiser = torch.optim.SGD(self.head.parameters(), lr=enc.lr, momentum=0.9)
 
     def save(self) -> dict:
@@ -181,18 +230,17 @@ class _Rounds:
         import torch
         import torch.nn.functional as F
 
-        from embeddings.augment import AugmentConfig, augment
+        from embeddings.augment import augment
         from embeddings.train_utils import to_tensor
 
         enc = self.encoder
-        light = AugmentConfig(rotation_deg=10, scale=(0.85, 1.15), shear=0.15, translate=0.1, elastic=0.03,
-                              p_dilate=0.15, p_erode=0.05, p_cutout=0.0)
+        config = augment_config(self.images.shape[-1])
 
         def step(positions: np.ndarray) -> float:
             rows = self.order[positions]
             x = to_tensor(self.images[rows], enc.device_)
             if enc.augment:
-                x = augment(x, generator, light)
+                x = augment(x, generator, config)
             targets = torch.as_tensor(self.labels[rows], device=enc.device_)
             loss = F.cross_entropy(self.head(enc.backbone_(x)), targets)
             optimiser.zero_grad(set_to_none=True)
@@ -203,3 +251,17 @@ class _Rounds:
             return loss.item()
 
         return step
+
+
+def augment_config(channels: int):
+    """DeepCluster's augmentations for ``channels``: the photo set of :func:`embeddings.augment.config_for`
+    for colour, a light version of the stroke set otherwise (no cutout, half the warps)."""
+    from dataclasses import replace
+
+    from embeddings.augment import AugmentConfig, config_for
+
+    config = config_for(channels)
+    if isinstance(config, AugmentConfig):
+        config = replace(config, rotation_deg=10, scale=(0.85, 1.15), shear=0.15, translate=0.1, elastic=0.03,
+                         p_dilate=0.15, p_erode=0.05, p_cutout=0.0)
+    return config

@@ -51,3 +51,19 @@ def test_contrastive_learns_on_omniglot():
     assert embeddings.shape == (len(test), 64)
     result = evaluate_embedding(embeddings, labels, "knn", ways=5, shots=1, n_tasks=200, seed=0)
     assert result["accuracy"] > 35.0  # chance is 20%
+
+
+@pytest.mark.parametrize("channels, expected", [(3, "natural_augment"), (1, "stroke_augment")])
+def test_fit_uses_the_augmentations_of_the_images_channels(monkeypatch, channels, expected):
+    """Colour images train with the photo set (crop, flip, jitter, grey), grey ones with the stroke set."""
+    import embeddings.augment as augment_module
+    from embeddings.contrastive import ContrastiveEncoder
+
+    calls: list[str] = []
+    for name in ("natural_augment", "stroke_augment"):
+        original = getattr(augment_module, name)
+        monkeypatch.setattr(augment_module, name,
+                            lambda x, g, c, _name=name, _f=original: calls.append(_name) or _f(x, g, c))
+    images = np.random.default_rng(0).integers(0, 256, (16, 12, 12, channels), dtype=np.uint8)
+    ContrastiveEncoder(width=4, dim=8, proj_dim=4, epochs=1, batch_size=8, device="cpu", threads=1).fit(images)
+    assert calls and set(calls) == {expected}

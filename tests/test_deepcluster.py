@@ -58,3 +58,58 @@ def test_deepcluster_learns_on_omniglot():
     assert embeddings.shape == (int(keep.sum()), 32)
     result = evaluate_embedding(embeddings, labels[keep], "knn", ways=5, shots=1, n_tasks=200, seed=0)
     assert result["accuracy"] > 35.0  # chance is 20%
+
+
+def test_sobel_front_gives_the_grey_images_gradients():
+    """A vertical edge in RGB: the x-gradient fires along it, the y-gradient is zero away from the border."""
+    import torch
+
+    from embeddings.deepcluster import sobel_module
+
+    x = torch.zeros(1, 3, 6, 6)
+    x[:, :, :, 3:] = torch.tensor([0.9, 0.3, 0.6]).view(1, 3, 1, 1)  # grey (mean) 0.6 right of column 3
+    out = sobel_module()(x)
+    assert out.shape == (1, 2, 6, 6)
+    torch.testing.assert_close(out[0, 0, 1:-1, 2], torch.full((4,), -4 * 0.6))
+    torch.testing.assert_close(out[0, 1, 1:-1, 1:-1], torch.zeros(4, 4))
+    assert not list(sobel_module().state_dict())  # fixed: nothing of it is stored
+
+
+def _first_conv(module):
+    from torch import nn
+
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def _tiny_fit(images, **options):
+    from embeddings.deepcluster import DeepClusterEncoder
+
+    kwargs = {"width": 8, "features": 16, "dim": 8, "epochs": 1, "batch_size": 8, "device": "cpu", "threads": 1}
+    return DeepClusterEncoder(**{**kwargs, **options}).fit(images)
+
+
+def test_rgb_goes_through_sobel_so_colour_alone_changes_nothing():
+    """On RGB the net sees only grey gradients: permuting the colour channels keeps the embedding."""
+    from embeddings.augment import NaturalAugmentConfig
+    from embeddings.deepcluster import augment_config
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    encoder = _tiny_fit(images)
+    assert type(encoder.backbone_[0]).__name__ == "Sobel"
+    assert _first_conv(encoder.backbone_).in_channels == 2  # the first conv takes the two gradients
+    np.testing.assert_allclose(encoder.transform(images[:, :, :, ::-1].copy()), encoder.transform(images), atol=1e-5)
+    assert isinstance(augment_config(3), NaturalAugmentConfig)
+    grey = _tiny_fit(images[..., :1])
+    assert _first_conv(grey.backbone_).in_channels == 1 and not isinstance(augment_config(1), NaturalAugmentConfig)
+
+
+def test_k_is_capped_by_the_number_of_training_images(tmp_path):
+    """32 images: k = 3 (one cluster per 10 images), not the paper's 500; an explicit small k is kept."""
+    from embeddings.deepcluster import DeepClusterEncoder
+
+    images = np.random.default_rng(1).integers(0, 256, (32, 12, 12, 3), dtype=np.uint8)
+    encoder = _tiny_fit(images)
+    assert DeepClusterEncoder().clusters == 500 and encoder.clusters_ == 3
+    assert encoder.transform(images).shape == (32, 8)
+    assert DeepClusterEncoder(clusters=50).clusters_for(38_400) == 50
+    assert DeepClusterEncoder().clusters_for(38_400) == 500 and DeepClusterEncoder().clusters_for(5) == 2

@@ -55,7 +55,9 @@ def build_learner(
         from embeddings import encoder_class
 
         params = dict(config["encoder"])
-        encoder = encoder_class(params.pop("method"))(**params)
+        if not isinstance(params.get("method"), str):
+            raise CactusError("--init-from: the stored encoder config names no method; recompute the artifact")
+        encoder = encoder_class(params["method"]).from_params(params, stored="the learner's --init-from artifact")
         if encoder_state is None:
             raise CactusError("--init-from: the encoder's weights are missing")
         encoder.set_state(encoder_state)

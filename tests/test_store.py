@@ -124,3 +124,21 @@ def test_a_write_failing_midway_keeps_the_previous_artifact_and_leaves_no_tempor
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.h5"]
     with h5py.File(path) as raw:  # every dataset is checksummed
         assert raw["x"].fletcher32 and raw["x"].chunks is not None
+
+
+def test_the_cli_speaks_even_after_a_library_reconfigured_logging(tmp_path):
+    """dictConfig disables existing loggers by default (import-linter calls it): the CLI re-enables its own."""
+    import logging.config
+
+    from click.testing import CliRunner
+
+    from cactus.core import log
+    from cli import main
+
+    logging.config.dictConfig({"version": 1})
+    try:
+        result = CliRunner().invoke(main, ["embed", "--data", "digits", "--method", "pca", "--dim", "4", "-o",
+                                           str(tmp_path / "e.h5")])
+    finally:
+        log.set_verbosity(1)
+    assert result.exit_code == 0 and "cactus: embed: fitting pca" in result.stderr

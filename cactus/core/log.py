@@ -54,7 +54,13 @@ _install()
 
 
 def set_verbosity(level: int) -> None:
-    """0: warnings only (-q), 1: normal, 2: debug lines too (-v)."""
+    """0: warnings only (-q), 1: normal, 2: debug lines too (-v).
+
+    The CLI calls it once per command; it also undoes a ``logging.config.dictConfig`` run earlier in
+    the process (by a library: import-linter does) that disabled existing loggers or removed the handler.
+    """
+    LOGGER.disabled = False
+    _install()
     LOGGER.setLevel(LEVELS[max(0, min(2, level))])
 
 

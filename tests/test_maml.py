@@ -255,3 +255,19 @@ def test_memory_chunks_from_the_cli_keep_the_key_and_the_weights(tmp_path):
     refused = runner.invoke(main, ["meta", str(tmp_path / "t.h5"), "-o", str(tmp_path / "c.h5"), "--iterations", "1",
                                    "--task-chunk", "2", "--validation", "none", "--device", "cpu"])
     assert refused.exit_code == 1 and "only MAML" in refused.stderr and not (tmp_path / "c.h5").exists()
+
+
+@pytest.mark.parametrize("downsample", ["stride", "pool"])
+def test_image_columns_equal_unfold(downsample):
+    """The first conv's patches (strided views, one copy) are F.unfold's, for strided and pooling nets."""
+    from torch.nn import functional as F
+
+    from cactus.learners.folded_net import image_columns
+
+    net = ConvNet(2, 11, 4, 3, downsample)
+    images = torch.randn(3, 5, 2, 11, 11, dtype=torch.float64)
+    cols, out_h, out_w = image_columns(net, images)
+    conv = net.features[0][0]
+    expected = F.unfold(images.transpose(0, 1).reshape(5, 6, 11, 11), 3, 1, 1, conv.stride)
+    assert (out_h, out_w) == ((6, 6) if downsample == "stride" else (11, 11))
+    assert torch.equal(cols, expected.view(5, 3, 2 * 9, out_h * out_w))

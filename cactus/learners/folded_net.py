@@ -33,9 +33,17 @@ def image_columns(net: nn.Module, images: torch.Tensor) -> Columns:
         raise TypeError("folded_forward expects the net to start with a conv")
     batch, shots, channels, height, width = images.shape
     h = images.transpose(0, 1).reshape(shots, batch * channels, height, width)
-    cols = F.unfold(h, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (S, B*C*k*k, L)
-    out_h = (height + 2 * layer.padding[0] - layer.dilation[0] * (layer.kernel_size[0] - 1) - 1) // layer.stride[0] + 1
-    return cols.view(shots, batch, -1, cols.shape[-1]), out_h, cols.shape[-1] // out_h
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    if layer.dilation != (1, 1):
+        cols = F.unfold(h, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (S, B*C*k*k, L)
+        out_h = (height + 2 * ph - layer.dilation[0] * (kh - 1) - 1) // sh + 1
+        return cols.view(shots, batch, -1, cols.shape[-1]), out_h, cols.shape[-1] // out_h
+    # F.unfold's CPU im2col took ~10% of a conv4-64 meta-step at (75, 2, 28, 28); strided views + one copy
+    # give the same columns (tested equal) in well under a millisecond.
+    windows = F.pad(h, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # (S, B*C, H', W', kh, kw)
+    out_h, out_w = windows.shape[2:4]
+    cols = windows.permute(0, 1, 4, 5, 2, 3).reshape(shots, batch, channels * kh * kw, out_h * out_w)
+    return cols, out_h, out_w
 
 
 def _data_conv(columns: Columns, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

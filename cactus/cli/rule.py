@@ -62,7 +62,7 @@ def rule() -> None:
 @click.option("--hidden", type=int, default=16, show_default=True, help="Channels of the update network.")
 @click.option("--blocks", type=int, default=2, show_default=True, help="Layers of the update network.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Checkpoint file [OUT.ckpt]; removed once the rule is written.")
 @stage_options(RuleCheckpoints)

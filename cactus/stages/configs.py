@@ -47,8 +47,12 @@ def device_option() -> Any:
     return option("auto", "auto | cpu | cuda (or cuda:N).", key=False)
 
 
+#: More threads than any node has: OpenMP allocates per-thread state up front (10^9 threads asked for 216 GB).
+MAX_THREADS = 1024
+
+
 def threads_option(help: str = "CPU threads for torch.") -> Any:
-    return option(None, help, kind=int, low=1, key=False)
+    return option(None, help, kind=int, low=1, high=MAX_THREADS, key=False)
 
 
 def resume_option() -> Any:

@@ -92,6 +92,25 @@ def test_out_refuses_to_replace_an_unrelated_file(run, tmp_path):
     assert notes.read_text() == "my notes\n" and leftovers(tmp_path) == []
 
 
+def test_a_stage_refuses_its_out_before_computing(run, tmp_path, monkeypatch):
+    """The refusal comes before the work: the encoder is never fitted when --out is a foreign file."""
+    from click.testing import CliRunner
+
+    import embeddings.pca
+    from cli import main
+
+    def must_not_fit(*_args, **_kwargs):
+        raise AssertionError("the encoder was fitted before --out was checked")
+
+    monkeypatch.setattr(embeddings.pca.PCAEncoder, "fit", must_not_fit)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = CliRunner().invoke(main, ["embed", "--data", "digits", "--method", "pca", "--dim", "4", "-o", str(notes)])
+    assert result.exit_code == 1, result.output
+    assert "not a cactus artifact" in one_error_line(result.stderr, str(notes))
+    assert notes.read_text() == "my notes\n"
+
+
 def test_out_replaces_an_artifact_of_the_same_stage(run):
     code, _, err = cactus("cluster", str(run["embed"]), "-k", "12", "-p", "2", "-o", str(run["cluster"]))
     assert code == 0, err

@@ -39,7 +39,9 @@ def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bo
     process ends); ``lock=False`` skips it (ranks > 0 of a distributed job, which never write).
     """
     from cactus.core import lock as locks
+    from cactus.core.overwrite import check_output_path
 
+    check_output_path(out, stage)  # before any work: --out may only replace an artifact of this stage
     key = compute_key(stage, config, inputs)
     if not force and cached_key(out, key):
         log.info(f"{stage}: {out} is up to date (key {key[:12]}), skipping; --force recomputes")

@@ -75,7 +75,8 @@ def test_every_declared_option_is_on_its_command_and_on_run(stage, entry):
 
 def test_run_has_nothing_undeclared_but_its_own_options():
     declared_names = {entry.flag(run=True) for _, entry in ENTRIES}
-    own = {"--preset", "--budget", "--out-dir", "--init-from-encoder", "--force", "--json", "--report", "--config"}
+    own = {"--preset", "--budget", "--dry-run", "--out-dir", "--init-from-encoder", "--force", "--json", "--report",
+           "--config"}
     assert option_names(command("run")) - declared_names == own
 
 

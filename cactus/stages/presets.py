@@ -30,10 +30,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "downsample": "pool", "meta_lr": 1e-3, **PAPER_EVAL,
         "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 2000, "quick": True}},
     },
-    # Ours: the CACTUs protocol on a contrastive (SimCLR) embedding; ProtoNets fine-tune the
-    # encoder's own backbone on the pseudo-tasks instead of a fresh conv net.
-    "ours-omniglot": {
-        "data": OMNIGLOT_DEFAULT, "method": "contrastive", "dim": 128, "clusters": 500, "partitions": 100,
+    # Ours, as one fixed recipe for any dataset (the default `cactus run` plans it from the data
+    # instead, cactus.stages.planner): the CACTUs protocol on a contrastive (SimCLR) embedding;
+    # ProtoNets fine-tune the encoder's own backbone on the pseudo-tasks instead of a fresh conv net.
+    "contrastive-protonets": {
+        "method": "contrastive", "dim": 128, "clusters": 500, "partitions": 100,
         "algo": "protonets", "ways": 20, "shots": 1, "queries": 15, "meta_batch": 1, "init_from_encoder": True,
         "meta_lr": 1e-4, **PAPER_EVAL,
         "budget": {"paper": {"iterations": 30000, "quick": False}, "cpu": {"iterations": 2000, "quick": True}},
@@ -44,8 +45,9 @@ BUDGETS = ("cpu", "paper")
 
 def preset_values(name: str | None, budget: str) -> dict[str, Any]:
     """The option values a preset sets for a budget (empty without a preset)."""
-    if budget not in BUDGETS:
-        raise CactusError(f"--budget {budget!r}: expected cpu or paper")
+    if name is not None and budget not in BUDGETS:
+        raise CactusError(f"--budget {budget!r}: a preset takes cpu or paper (a time budget plans the default "
+                          "recipe: leave out --preset)")
     if name is None:
         return {}
     if name not in PRESETS:

@@ -1,0 +1,161 @@
+"""The default recipe of ``cactus run``: the planner's choices, the budget parser, threads, and budgeted runs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cactus.core.device import allocated_threads
+from cactus.core.errors import CactusError
+from cactus.stages.planner import Budget, DataShape, Throughput, parse_budget, plan, recipe
+from tests.conftest import run_cli
+
+DIGITS = DataShape(899, 8, 8, 1)
+OMNIGLOT_LIKE = DataShape(22000, 28, 28, 1)
+PHOTOS = DataShape(38400, 84, 84, 3)
+
+
+# -- the planner's choices ------------------------------------------------------------------------------------
+
+
+def test_omniglot_sized_data_gets_our_best_recipe_at_budget_cpu():
+    values = plan(OMNIGLOT_LIKE, Budget("cpu")).values
+    assert values == {"method": "contrastive", "dim": 128, "epochs": 3, "clusters": 500, "partitions": 100,
+                      "ways": 20, "shots": 1, "queries": 15, "min_cluster_size": 16, "algo": "protonets",
+                      "iterations": 2000, "meta_lr": 1e-4, "init_from_encoder": True}
+
+
+def test_small_low_resolution_data_gets_pca_fewer_clusters_ways_and_iterations():
+    values = plan(DIGITS, Budget("cpu")).values
+    assert values["method"] == "pca" and "epochs" not in values and values["init_from_encoder"] is False
+    assert values["clusters"] == 899 // 40 and values["ways"] == 5 and values["meta_lr"] == 1e-3
+    assert values["min_cluster_size"] == values["shots"] + values["queries"] <= 899 // values["clusters"]
+    assert values["iterations"] == 450  # 40 passes over the 899 images in 5-way 16-image pseudo-tasks
+
+
+def test_a_small_dataset_at_conv_resolution_gets_enough_encoder_steps():
+    values = plan(DataShape(900, 28, 28, 1), Budget("cpu")).values
+    assert values["method"] == "contrastive" and values["epochs"] * (900 // 256) >= 255  # not 3 epochs of 3 steps
+
+
+def test_big_colour_data_is_shrunk_to_an_hour_at_budget_cpu():
+    planned = plan(PHOTOS, Budget("cpu"))
+    assert planned.values["method"] == "contrastive" and planned.values["clusters"] == 500
+    assert planned.values["epochs"] < 3 or planned.values["iterations"] < 2000
+    assert planned.seconds <= 3600
+    assert plan(DataShape(38400, 28, 28, 1), Budget("cpu")).values["epochs"] == 3  # grey 28x28 fits an hour
+
+
+def test_too_few_images_plan_nothing_and_keep_the_stage_defaults():
+    assert set(plan(DataShape(50, 28, 28, 1), Budget("cpu")).values) == {"iterations"}
+
+
+def test_budgets_are_ordered_quick_cpu_paper():
+    for shape in (DataShape(900, 28, 28, 1), OMNIGLOT_LIKE, PHOTOS):
+        quick, cpu, paper = (recipe(shape, name) for name in ("quick", "cpu", "paper"))
+        for name in ("epochs", "iterations", "partitions"):
+            assert quick[name] <= cpu[name] <= paper[name], (shape, name)
+
+
+@pytest.mark.parametrize("shape", [DataShape(900, 28, 28, 1), OMNIGLOT_LIKE, PHOTOS], ids=str)
+def test_a_time_budget_fits_the_measured_throughput_and_a_longer_one_trains_no_less(shape):
+    speed = Throughput(encoder_image=2e-3 * shape.height * shape.width / 784, meta_iteration=0.4, measured=True)
+    previous = None
+    for seconds in (600, 1200, 3600, 4 * 3600):
+        planned = plan(shape, Budget("time", seconds), speed, spent=5)
+        if not planned.notes:
+            assert planned.seconds <= seconds * 0.95, (seconds, planned.estimate)
+        if previous is not None:
+            assert planned.values["epochs"] >= previous.values["epochs"]
+            assert planned.values["iterations"] >= previous.values["iterations"]
+        previous = planned
+
+
+def test_what_the_user_gives_wins_and_the_recipe_follows_it():
+    values = plan(OMNIGLOT_LIKE, Budget("cpu"), given={"method": "pca", "ways": 5, "iterations": 77}).values
+    assert values["method"] == "pca" and "epochs" not in values and values["ways"] == 5
+    assert values["init_from_encoder"] is False and values["meta_lr"] == 1e-3  # PCA has no backbone
+    assert values["iterations"] == 77
+    assert plan(OMNIGLOT_LIKE, Budget("cpu"), given={"algo": "maml"}).values["init_from_encoder"] is False
+
+
+def test_the_plan_prints_one_line_and_one_table():
+    planned = plan(OMNIGLOT_LIKE, Budget("time", 2700))
+    assert "\n" not in planned.summary() and "(45m)" in planned.summary()
+    table = planned.table()
+    assert "est. total" in table and "clusters" in table and "cost model" in table
+
+
+# -- budgets and threads --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("45m", 2700), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400),
+                                           ("120", 120), (" 45M ", 2700), ("1d", 86400)])
+def test_time_budgets_parse(text, seconds):
+    assert parse_budget(text) == Budget("time", seconds)
+
+
+@pytest.mark.parametrize("text", ["soon", "45 minutes", "-5m", "0s", "m", "45m30", "40d"])
+def test_bad_budgets_are_one_line_errors(text):
+    with pytest.raises(CactusError, match="--budget"):
+        parse_budget(text)
+
+
+def test_named_budgets_and_the_slurm_job_end_time():
+    assert [parse_budget(n).name for n in ("quick", "cpu", "paper")] == ["quick", "cpu", "paper"]
+    assert parse_budget("job", {"SLURM_JOB_END_TIME": "10900"}, now=10000) == Budget("time", 900)
+    with pytest.raises(CactusError, match="SLURM_JOB_END_TIME"):
+        parse_budget("job", {})
+
+
+def test_threads_come_from_the_allocation():
+    assert allocated_threads({"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}) == (3, "OMP_NUM_THREADS")
+    assert allocated_threads({"SLURM_CPUS_PER_TASK": "8"}) == (8, "SLURM_CPUS_PER_TASK")
+    threads, source = allocated_threads({"OMP_NUM_THREADS": "zero"})
+    assert source in ("affinity", "cpu_count") and threads >= 1
+
+
+# -- cactus run -----------------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("run", "--dry-run", "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    table = dict(line.split(None, 1) for line in result.stdout.splitlines() if not line.startswith("est."))
+    assert table["method"].strip() == "pca" and table["clusters"].strip() == "22" and "est. total" in result.stdout
+    plan_lines = [line for line in result.stderr.splitlines() if "plan (cpu)" in line]
+    assert len(plan_lines) == 1 and "1 threads (OMP_NUM_THREADS)" in plan_lines[0] and "device cpu" in plan_lines[0]
+    assert not out.exists()
+
+
+def test_a_preset_with_a_time_budget_is_a_one_line_error(tmp_path):
+    result = run_cli("run", "--preset", "cactus-omniglot", "--budget", "45m", "--out-dir", str(tmp_path))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "--budget" in result.stderr and not list(tmp_path.iterdir())
+
+
+BUDGET_S = 60
+
+
+def test_a_budgeted_run_on_digits_ends_within_its_budget_and_shows_the_floors(tmp_path):
+    started = time.monotonic()
+    result = run_cli("run", "--budget", f"{BUDGET_S}s", "--out-dir", str(tmp_path), "--eval-tasks", "300", "--json",
+                     env={"OMP_NUM_THREADS": "2"})
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    planned = summary["plan"]
+    assert planned["throughput"]["measured"] and summary["budget"] == f"{BUDGET_S}s"
+    learner, knn = summary["evaluation"]
+    pixels = summary["floors"]["pixels_knn"]
+    assert {(r["ways"], r["shots"]) for r in learner["results"]} == {(5, 1), (5, 5), (10, 1), (10, 5)}
+    assert len(pixels["results"]) == 4 and pixels["artifact"].endswith("pixels.h5")
+    assert summary["floors"]["embedding_knn"] == knn
+    if planned["notes"]:  # the probe found this (shared) machine too slow for even the smallest recipe
+        assert sum(planned["estimate"].values()) > BUDGET_S * 0.9
+        pytest.skip(f"machine too loaded for a {BUDGET_S}s budget: {planned['notes']} (ran {wall:.0f} s)")
+    # shared machine: 15% over the budget at most (the plan keeps a 10% margin of its own)
+    assert wall < BUDGET_S * 1.15, (wall, planned)

@@ -420,3 +420,19 @@ def test_trust_case_is_one_line_exit_1_and_leaves_nothing(run, tmp_path, descrip
     assert code == 1, (code, err)
     assert expected in one_error_line(err, names)
     assert leftovers(tmp_path) == []
+
+
+# ---- 3b. diverged training is an error, not an artifact ----------------------------------------------
+
+
+def test_diverged_meta_training_is_an_error_and_writes_nothing(run, tmp_path):
+    """MAML with an absurd inner learning rate: NaN losses stop the run before anything is written."""
+    tasks = tmp_path / "tasks.h5"
+    assert cactus("tasks", str(run["cluster"]), "--num-tasks", "40", "-o", str(tasks))[0] == 0
+    learner = tmp_path / "learner.h5"
+    code, _, err = cactus("meta", str(tasks), "--algo", "maml", "--inner-lr", "1000", "--iterations", "5",
+                          "--filters", "8", "--validation", "none", "--device", "cpu", "-o", str(learner))
+    assert code == 1
+    line = one_error_line(err, "diverged")
+    assert "--meta-lr" in line or "--inner-lr" in line
+    assert not learner.exists() and leftovers(tmp_path) == []

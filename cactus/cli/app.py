@@ -41,6 +41,10 @@ class CactusGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("cactus: interrupted", err=True)
             sys.exit(130)
+        finally:
+            from cactus.core.lock import release_all
+
+            release_all()  # a stage that failed after taking its output's lock never wrote it
 
 
 

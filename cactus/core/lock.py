@@ -218,6 +218,7 @@ def release(target: Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """Release every lock this process holds: when a command ends, however it ends, and at exit."""
     for target in list(_held):
         release(target)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cactus.core import log
+from cactus.core.errors import CactusError
 from cactus.core.distributed import World
 from cactus.core.progress import Progress
 from cactus.core.training import CheckpointPolicy, set_torch_rng_states, torch_rng_states
@@ -138,6 +139,9 @@ def meta_train(
             if world.distributed:
                 figures["loss"], figures["accuracy"] = distributed.mean_over_ranks(
                     [figures["loss"], figures["accuracy"]])
+            if not np.isfinite(figures["loss"]):
+                raise CactusError(f"meta: training diverged at iteration {iteration + 1} (the loss is "
+                                  f"{figures['loss']}); lower --meta-lr (or MAML's --inner-lr); nothing was written")
             window.append((figures["loss"], figures["accuracy"]))
             done = iteration + 1
             if done % log_every == 0 or done == iterations:

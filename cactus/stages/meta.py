@@ -136,6 +136,10 @@ def meta_stage(out: Path, tasks_file: Path | None, settings: MetaConfig, init_fr
     if not world.is_main:  # rank 0 writes the artifact
         return StageResult(STAGE, out, key, False, time.monotonic() - started, {"rank": world.rank})
     arrays = {f"weights/{k}": v for k, v in learner.weights().items()}
+    diverged = sorted(name for name, value in arrays.items() if not np.isfinite(value).all())
+    if diverged:
+        raise CactusError(f"meta: training diverged ({diverged[0]} holds NaN or infinite weights); lower --meta-lr "
+                          f"(or MAML's --inner-lr); {out} was not written")
     arrays.update(curves.arrays())
     attrs.update({"train_seconds": train_seconds, "image_shape": list(dataset.image_shape)})
     key = write_artifact(out, STAGE, config, inputs, arrays, attrs)

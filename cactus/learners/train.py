@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from cactus.core import log
-from cactus.core.errors import CactusError
 from cactus.core.distributed import World
+from cactus.core.errors import CactusError
 from cactus.core.progress import Progress
 from cactus.core.training import CheckpointPolicy, set_torch_rng_states, torch_rng_states
 from cactus.task_sampling import TaskSet

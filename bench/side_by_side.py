@@ -24,11 +24,12 @@ tasks, counted from the net's layer shapes. F(n) = forward FLOPs of n images; a 
 forward + backward on the support set (3 F(s)); second order, the meta-gradient differentiates that
 step's backward graph too, which is itself forward-shaped work twice over (6 F(s)); so 9 F(s) per step
 (3 F(s) first order), plus 3 F(q) for the query set. This is the algorithm's count, the same for both
-sides; GFLOP/s = that count x tasks/s / 8. ``--gemm-peak`` times a 4096^2 float32 ``torch.mm`` on the
-threads used: the ceiling both sides are measured against.
+sides; GFLOP/s = that count x tasks/s / 8. The run starts by timing a 4096^2 float32 ``torch.mm`` on the
+threads used (best of 5): the ceiling both sides are measured against (on a loaded machine it reads low).
 
 ``--profile``: also a torch.profiler table of cactus's meta-step per configuration (top ops by self CPU
-time), written beside the JSON. Writes bench/results/side_by_side.json (``--out`` to change).
+time), written beside the JSON. Writes bench/results/side_by_side.json (``--out`` to change) after every
+configuration, ``"complete": true`` once all are done.
 """
 
 from __future__ import annotations
@@ -310,27 +311,34 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     peak = gemm_peak(args.threads)
     print(json.dumps({"gemm_peak_gflops": round(peak, 1), "threads": args.threads}), flush=True)
-    rows = []
+    rows: list[dict] = []
+    command = "python bench/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def write(complete: bool) -> None:
+        """The results so far (after every row, so a run stopped early keeps its finished rows)."""
+        from cactus.core.atomic import write_text
+
+        result = {
+            "command": command.replace(" --in-peer", ""), "complete": complete,
+            "started_utc": started.isoformat(timespec="seconds"),
+            "written_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": os.getloadavg(), "torch": torch.__version__,
+            "learn2learn": import_learn2learn().__version__,
+            "machine": platform.processor() or platform.machine(), "gemm_peak_gflops": peak, "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.out, json.dumps(result, indent=1) + "\n")
+
     for name in names:
         row = race(name, args.rounds, options, not args.no_memory, args.threads,
                    args.out.parent if args.profile else None)
         row["cactus_pct_of_peak"] = 100 * row["cactus_gflops"] / peak
         row["l2l_pct_of_peak"] = 100 * row["l2l_gflops"] / peak
+        row["load_average"] = os.getloadavg()
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {
-        "command": "python bench/side_by_side.py " + " ".join(argv if argv is not None else sys.argv[1:]).replace(
-            " --in-peer", ""),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_end": os.getloadavg(), "torch": torch.__version__,
-        "learn2learn": import_learn2learn().__version__,
-        "machine": platform.processor() or platform.machine(), "gemm_peak_gflops": peak, "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    from cactus.core.atomic import write_text
-
-    write_text(args.out, json.dumps(result, indent=1) + "\n")
+        write(complete=False)
+    write(complete=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -38,7 +38,7 @@ def test_run_on_digits_writes_every_artifact_and_prints_the_evaluation(digits_ru
     learners = {report["learner"]: report for report in summary["evaluation"]}
     assert set(learners) == {"protonets", "knn"}
     for report in learners.values():
-        assert [(r["ways"], r["shots"]) for r in report["results"]] == [(5, 1), (5, 5)]
+        assert [(r["ways"], r["shots"]) for r in report["results"]] == [(5, 1), (5, 5), (10, 1), (10, 5)]  # widest: 10
         for r in report["results"]:
             assert 20 < r["accuracy"] <= 100 and 0 < r["ci95"] < 10  # far above 5-way chance
             assert r["tasks"] == 200
@@ -50,7 +50,7 @@ def test_rerun_reuses_every_stage_and_says_so(digits_run):
                     "--threads", "1", "--json")
     summary = json.loads(again.stdout)
     assert all(s["skipped"] for s in summary["stages"])
-    assert again.stderr.count("is up to date") == 4
+    assert again.stderr.count("is up to date") == 5  # and the raw-pixel floor's embedding
     assert summary["evaluation"] == [{**r, "seconds": r2["seconds"]} for r, r2 in
                                      zip(first["evaluation"], summary["evaluation"], strict=False)]
 
@@ -62,7 +62,7 @@ def test_info_shows_stage_config_key_and_shapes(digits_run):
     assert info["stage"] == "tasks" and info["config"]["ways"] == 5
     assert info["key"] == summary["stages"][2]["key"]
     assert info["inputs"] == [summary["stages"][1]["key"]]
-    assert info["arrays"]["support"]["shape"][1] == 5 and info["arrays"]["query"]["shape"][1] == 25
+    assert info["arrays"]["support"]["shape"][1] == 5 and info["arrays"]["query"]["shape"][1] == 75  # 15 queries
     human = run_cli("info", str(out / "learner.h5")).stdout
     assert "meta artifact" in human and "/weights/" in human
     assert f"inputs  {info['key']}" in human  # the learner was made from these tasks

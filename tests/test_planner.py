@@ -27,6 +27,19 @@ def test_omniglot_sized_data_gets_our_best_recipe_at_budget_cpu():
                       "iterations": 2000, "meta_lr": 1e-4, "init_from_encoder": True}
 
 
+def test_on_omniglot_sized_data_the_default_is_the_contrastive_protonets_preset():
+    from cactus.stages.presets import preset_values
+    from embeddings.contrastive import ContrastiveEncoder
+
+    values = plan(OMNIGLOT_LIKE, Budget("cpu")).values
+    preset = preset_values("contrastive-protonets", "cpu")
+    assert preset.pop("quick") and values.pop("epochs") == ContrastiveEncoder.quick_epochs
+    shared = set(values) & set(preset)
+    assert shared >= {"method", "dim", "clusters", "partitions", "ways", "shots", "queries", "iterations", "meta_lr",
+                      "init_from_encoder"}
+    assert {k: values[k] for k in shared} == {k: preset[k] for k in shared}
+
+
 def test_small_low_resolution_data_gets_pca_fewer_clusters_ways_and_iterations():
     values = plan(DIGITS, Budget("cpu")).values
     assert values["method"] == "pca" and "epochs" not in values and values["init_from_encoder"] is False

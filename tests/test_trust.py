@@ -436,3 +436,39 @@ def test_diverged_meta_training_is_an_error_and_writes_nothing(run, tmp_path):
     line = one_error_line(err, "diverged")
     assert "--meta-lr" in line or "--inner-lr" in line
     assert not learner.exists() and leftovers(tmp_path) == []
+
+
+# ---- 9. replay is bit-identical whatever the replaying shell's thread count --------------------------
+
+
+def test_replay_uses_the_recorded_thread_count_and_gives_the_same_weights(run, tmp_path):
+    """The original trains on 2 threads; the replay runs where torch would default to 1 (OMP_NUM_THREADS=1).
+
+    A replay forced onto 1 thread gives other weights: the thread count does change the sums here.
+    """
+    import numpy as np
+
+    from tests.conftest import run_cli
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in ("emb.h5", "parts.h5"):
+        shutil.copy(run["embed" if name == "emb.h5" else "cluster"], first / name)
+    assert cactus("tasks", str(first / "parts.h5"), "--num-tasks", "60", "-o", str(first / "tasks.h5"))[0] == 0
+    made = run_cli("meta", str(first / "tasks.h5"), "--iterations", "6", "--filters", "16", "--validation", "none",
+                   "--threads", "2", "--device", "cpu", "-o", str(first / "learner.h5"), env={"OMP_NUM_THREADS": "2"})
+    assert made.returncode == 0, made.stderr
+    original = read_artifact(first / "learner.h5")
+    assert original.attrs["torch_threads"] == 2
+
+    def replay(out: Path, *threads: str):
+        done = run_cli("run", "--config", str(first / "learner.h5"), "--out-dir", str(out), "--device", "cpu",
+                       "--eval-tasks", "5", "--eval-shots", "1", *threads, env={"OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr
+        return read_artifact(out / "learner.h5").group("weights")
+
+    weights = original.group("weights")
+    same = replay(tmp_path / "again")
+    assert weights and all(np.array_equal(weights[name], same[name]) for name in weights)
+    forced = replay(tmp_path / "one-thread", "--threads", "1")
+    assert any(not np.array_equal(weights[name], forced[name]) for name in weights)

@@ -56,6 +56,17 @@ def up_to_date(stage: str, out: Path, config: dict, inputs: list[str], force: bo
     return key, False
 
 
+def torch_threads() -> int | None:
+    """The CPU threads torch computed with (None when the stage never used torch).
+
+    Stored with an artifact so replay runs with the same count: float sums, and so the weights, depend on it.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
 @dataclass(frozen=True)
 class DataRef(Checked):
     """How to load the dataset again: recorded in every artifact so later stages find the images.

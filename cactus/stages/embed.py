@@ -12,7 +12,7 @@ from cactus.core import log
 from cactus.core.errors import CactusError
 from cactus.core.store import read_artifact, write_artifact
 from cactus.core.training import CheckpointPolicy, checkpoint_path
-from cactus.stages.common import DataRef, StageResult, up_to_date
+from cactus.stages.common import DataRef, StageResult, torch_threads, up_to_date
 from cactus.stages.configs import EmbedConfig
 from embeddings.fit_state import fit_session
 
@@ -91,7 +91,7 @@ def run_embed(
     history = getattr(encoder, "history_", None) or (
         {"loss": [float(x) for x in encoder.losses_]} if getattr(encoder, "losses_", None) is not None else None)
     attrs = {"data": data.as_dict(), "data_fingerprint": dataset.fingerprint(),
-             "dataset": dataset.describe(), "fit_seconds": fit_seconds}
+             "dataset": dataset.describe(), "fit_seconds": fit_seconds, "torch_threads": torch_threads()}
     if history:
         attrs["history"] = history
     key = write_artifact(out, STAGE, config, inputs, arrays, attrs)

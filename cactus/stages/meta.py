@@ -14,7 +14,7 @@ from cactus.core.errors import CactusError
 from cactus.core.store import write_artifact
 from cactus.core.training import checkpoint_path
 from cactus.datasets.dataset import TRAIN, VAL
-from cactus.stages.common import DataRef, StageResult, check_fingerprint, data_of, up_to_date
+from cactus.stages.common import DataRef, StageResult, check_fingerprint, data_of, torch_threads, up_to_date
 from cactus.stages.configs import MetaConfig
 from cactus.stages.options import configure, key_config
 
@@ -141,7 +141,8 @@ def meta_stage(out: Path, tasks_file: Path | None, settings: MetaConfig, init_fr
         raise CactusError(f"meta: training diverged ({diverged[0]} holds NaN or infinite weights); lower --meta-lr "
                           f"(or MAML's --inner-lr); {out} was not written")
     arrays.update(curves.arrays())
-    attrs.update({"train_seconds": train_seconds, "image_shape": list(dataset.image_shape)})
+    attrs.update({"train_seconds": train_seconds, "image_shape": list(dataset.image_shape),
+                  "torch_threads": torch_threads()})
     key = write_artifact(out, STAGE, config, inputs, arrays, attrs)
     checkpoint_path(out).unlink(missing_ok=True)
     summary = {"algo": algo, "supervised": oracle is not None, "iterations": iterations,

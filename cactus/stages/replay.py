@@ -53,10 +53,15 @@ def stored_settings(artifact: Artifact, device: str, threads: int | None) -> Any
 
     Checked like options on the command line; a key this version does not declare, one it needs
     that the artifact lacks, or a value out of range is one error line saying to recompute.
-    ``device`` / ``threads`` (not part of any key) are the caller's. For an embed artifact: the
+    ``device`` / ``threads`` (not part of any key) are the caller's; without ``threads``, an embed or meta
+    artifact is replayed on the thread count it recorded, so its weights come out identical. For an embed
+    artifact: the
     dataset reference, the method and the encoder's stored parameters (the encoder checks them).
     """
     config, where = artifact.config, artifact.path
+    if threads is None and artifact.stage in ("embed", "meta"):  # the same float sums as the original
+        recorded = artifact.attrs.get("torch_threads")
+        threads = recorded if isinstance(recorded, int) and 1 <= recorded <= 1024 else None
     if artifact.stage == "embed":
         params = dict(config.get("encoder") or {}) if isinstance(config.get("encoder"), dict) else {}
         method = params.pop("method", None)

@@ -228,6 +228,10 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
         v.pop("init_from_encoder")
         return replay_run(replay, out_dir, force, as_json, write_report, v)
     started = time.monotonic()
+    if preset is None:
+        from cactus.stages.planner import parse_budget
+
+        parse_budget(budget)  # a bad --budget is refused before the dataset loads
     out_dir = out_dir or default_out_dir(v["data"], preset)
     from cactus.core.device import allocated_threads
     from cactus.stages.common import DataRef

@@ -45,8 +45,7 @@ def run(data: str, budget: str | None, extra: list[str]) -> dict:
     summary = json.loads(done.stdout)
     learner, knn = summary["evaluation"]
     return {"data": data, "budget": budget or "cpu (default)", "extra": extra,
-            "command": "cactus " + " ".join(a for a in args if a not in ("--force", "--json")
-                                             and not a.startswith(str(REPO))),
+            "command": "cactus " + " ".join(args[: args.index("--out-dir")]),
             "wall_seconds": round(wall, 1), "plan": summary.get("plan"), "threads": summary.get("threads"),
             "device": summary.get("device"), "stages": {s["stage"]: s["seconds"] for s in summary["stages"]},
             "learner": learner["learner"], "accuracy": scores(learner), "embedding_knn": scores(knn),

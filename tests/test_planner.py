@@ -166,7 +166,7 @@ def test_a_budgeted_run_on_digits_ends_within_its_budget_and_shows_the_floors(tm
     pixels = summary["floors"]["pixels_knn"]
     assert {(r["ways"], r["shots"]) for r in learner["results"]} == {(5, 1), (5, 5), (10, 1), (10, 5)}
     assert len(pixels["results"]) == 4 and pixels["artifact"].endswith("pixels.h5")
-    assert summary["floors"]["embedding_knn"] == knn
+    assert summary["floors"]["embedding"] == knn and knn["learner"] == "knn"
     if planned["notes"]:  # the probe found this (shared) machine too slow for even the smallest recipe
         assert sum(planned["estimate"].values()) > BUDGET_S * 0.9
         pytest.skip(f"machine too loaded for a {BUDGET_S}s budget: {planned['notes']} (ran {wall:.0f} s)")

@@ -42,13 +42,14 @@ def format_floors(learner: dict, embedding: dict, pixels: dict) -> str:
     def by_setting(report: dict) -> dict:
         return {(r["ways"], r["shots"]): r["accuracy"] for r in report.get("results", [])}
 
-    rows = [f"  {'setting':<14} {learner['learner']:>10} {'embed 1-NN':>11} {'pixels 1-NN':>12}"]
+    embed_name = "embed 1-NN" if embedding["learner"] == "knn" else f"embed {embedding['learner']}"
+    rows = [f"  {'setting':<14} {learner['learner']:>10} {embed_name:>11} {'pixels 1-NN':>12}"]
     mine, emb, pix = by_setting(learner), by_setting(embedding), by_setting(pixels)
     nan = float("nan")
     for (ways, shots), accuracy in mine.items():
         rows.append(f"  {f'{ways}-way {shots}-shot':<14} {accuracy:>9.2f}% {emb.get((ways, shots), nan):>10.2f}%"
                     f" {pix.get((ways, shots), nan):>11.2f}%")
-    return "floors (1-NN on the run's embedding and on raw pixels):\n" + "\n".join(rows)
+    return "floors (the run's embedding, 1-NN on raw pixels):\n" + "\n".join(rows)
 
 
 #: The raw-pixel floor is skipped above this many values per image (64x64 RGB): its embedding is that wide.
@@ -274,7 +275,7 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
     summary = {"out_dir": str(out_dir), "preset": preset, "budget": budget,
                "plan": planned.as_dict() if planned else None,
                "stages": [s.as_dict() for s in stages], "evaluation": reports,
-               "floors": {"pixels_knn": floor, "embedding_knn": reports[1]},
+               "floors": {"pixels_knn": floor, "embedding": reports[1]},
                "threads": v["threads"], "device": device,
                "seconds": round(time.monotonic() - started, 1), "process_seconds": round(process_seconds(), 1)}
     write_json(out_dir / "evaluation.json", summary)

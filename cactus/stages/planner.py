@@ -2,17 +2,19 @@
 
 Pure and fast: :func:`plan` reads a :class:`DataShape` (meta-train images, height, width,
 channels: no labels, so no class count), a :class:`Budget` (``quick``, ``cpu``, ``paper`` or
-seconds of wall clock) and a :class:`Throughput` (seconds per encoder image-epoch and per meta
-iteration: measured by :mod:`cactus.stages.probe` for a time budget, else :func:`static_throughput`,
-a cost model calibrated on Omniglot at 2 CPU threads). The rules:
+seconds of wall clock, given or read from ``SLURM_JOB_END_TIME``) and a :class:`Throughput`
+(seconds per encoder image-epoch and per meta iteration: measured by :mod:`cactus.stages.probe`
+for a time budget, else :func:`static_throughput`, a cost model calibrated on Omniglot at 2 CPU
+threads). The rules:
 
 ========================  =====================================================================
 encoder                   contrastive (SimCLR, conv4 backbone, 128-d) from 16x16 pixels; PCA below
                           (8x8 digits: four poolings leave nothing, and it keeps the main job short);
                           below 200 meta-train images nothing is planned: the stages' own defaults
 encoder epochs            at least the budget's (quick 1, cpu 3, paper 10) and enough for its
-                          minimum number of 256-image steps (100 / 300 / 1000); a time budget
-                          gives the encoder at most 35% of the training time, at most 10 epochs
+                          minimum number of 256-image steps (100 / 300 / 1000); a time budget:
+                          at most the paper's, and when time is short at least 35% of the training
+                          time (the rest goes to the meta iterations)
 k (clusters)              meta-train images / 40, between 10 and 500 (the paper's k on Omniglot,
                           miniImageNet: ~40-80 images per cluster)
 P (partitions)            100 (quick: 20)
@@ -21,15 +23,17 @@ pseudo-task shape         ways = k / 4 between 5 and 20; 1 shot; queries = half 
 meta-learner              ProtoNets fine-tuning the encoder's backbone (init-from-encoder), Adam 1e-4
                           (1e-3 and a fresh conv4 when the encoder has no backbone)
 meta iterations           the budget's cap (quick 200, cpu 2000, paper 30000), at most 40 passes
-                          over the meta-train images in pseudo-task images, at least 100; a time
-                          budget gets what the measured steps/s allow in the time left
+                          over the meta-train images in pseudo-task images (not for paper), at
+                          least 100; a time budget: what the measured steps/s allow in the time
+                          left, at most those 40 passes
 ========================  =====================================================================
 
 A time budget is spent as: the fixed costs (loading, the probe, clustering, tasks, evaluation and
 the floors, estimated from the sizes and scaled by how much slower than the cost model the probe
-found the machine) plus a 10% margin are set aside, then the encoder's epochs
-and the meta iterations fill the rest. ``cpu`` is the cpu recipe shrunk the same way when the
-cost model says it would take more than an hour.
+found the machine) plus a 10% margin are set aside, then the encoder's epochs and the meta
+iterations fill the rest; a plan that cannot fit says so in its notes and runs the smallest
+recipe. ``cpu`` is the cpu recipe shrunk the same way when the cost model says it would take more
+than an hour.
 """
 
 from __future__ import annotations

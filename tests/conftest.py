@@ -60,3 +60,25 @@ def omniglot_subset(train_images: int, test_classes: int):
     labels = ds.true_labels()[test_rows]
     keep = np.isin(labels, rng.choice(np.unique(labels), test_classes, replace=False))
     return train, ds.images[test_rows[keep]], labels[keep]
+
+
+def stop_at_first_checkpoint(args: list[str], checkpoint: Path) -> str:
+    """Start ``cactus ARGS --checkpoint-every 0``, send SIGTERM once its first checkpoint exists, and check
+    the stop: exit 143, one "stopped by SIGTERM ... rerun with --resume" message, the checkpoint kept.
+    Returns the job's stderr."""
+    import signal
+    import time
+
+    job = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args, "--checkpoint-every", "0"],
+                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():  # --checkpoint-every 0: the first step has run once it exists
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "rerun with --resume" in stderr and "Traceback" not in stderr
+    assert checkpoint.is_file()
+    return stderr

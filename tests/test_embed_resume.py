@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import stop_at_first_checkpoint
 
 # Tiny settings: 200 digits (8x8), 2 epochs of 6 steps, a few channels. Each fit takes well under a second.
 ENCODERS = {
@@ -160,18 +157,8 @@ def test_embed_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tmp_p
     assert full.exit_code == 0, full.output
 
     out, checkpoint = tmp_path / "e.h5", tmp_path / "e.h5.ckpt"
-    job = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *embed_args(out),
-                            "--checkpoint-every", "0"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():  # --checkpoint-every 0: the first step has run once it exists
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.02)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 143, stderr
-    assert "stopped by SIGTERM" in stderr and "rerun with --resume" in stderr and "Traceback" not in stderr
-    assert checkpoint.is_file() and not out.exists()
+    stop_at_first_checkpoint([*embed_args(out)], checkpoint)
+    assert not out.exists()
     saved = torch.load(checkpoint, weights_only=True)
     steps_per_epoch = 900 // 16
     assert 0 < saved["epoch"] * steps_per_epoch + saved["step"] < 3 * steps_per_epoch

@@ -298,32 +298,19 @@ def test_meta_train_command_writes_a_rule(tmp_path):
 
 def test_meta_train_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tmp_path):
     """`cactus rule meta-train` killed with SIGTERM: exit 143, a checkpoint; --resume ends where a whole run does."""
-    import subprocess
-    import sys
-    import time
 
     from click.testing import CliRunner
 
     from cli import main
-    from tests.conftest import REPO
+    from tests.conftest import stop_at_first_checkpoint
 
     steps = 150
     full = CliRunner().invoke(main, ["rule", *rule_args(tmp_path / "full.h5", steps)])
     assert full.exit_code == 0, full.output
 
     out, checkpoint = tmp_path / "rule.h5", tmp_path / "rule.h5.ckpt"
-    job = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "rule", *rule_args(out, steps),
-                            "--checkpoint-every", "0"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():  # --checkpoint-every 0: the first step has run once it exists
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.02)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 143, stderr
-    assert "stopped by SIGTERM" in stderr and "rerun with --resume" in stderr and "Traceback" not in stderr
-    assert checkpoint.is_file() and not out.exists()
+    stop_at_first_checkpoint(["rule", *rule_args(out, steps)], checkpoint)
+    assert not out.exists()
     stopped_at = torch.load(checkpoint, weights_only=True)["counters"]["outer"]
     assert 0 < stopped_at < steps
 

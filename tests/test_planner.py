@@ -167,8 +167,8 @@ def test_a_budgeted_run_on_digits_ends_within_its_budget_and_shows_the_floors(tm
     assert {(r["ways"], r["shots"]) for r in learner["results"]} == {(5, 1), (5, 5), (10, 1), (10, 5)}
     assert len(pixels["results"]) == 4 and pixels["artifact"].endswith("pixels.h5")
     assert summary["floors"]["embedding"] == knn and knn["learner"] == "knn"
-    if planned["notes"]:  # the probe found this (shared) machine too slow for even the smallest recipe
+    # shared machine: 15% over the budget at most (the plan keeps a 10% margin of its own)
+    if wall >= BUDGET_S * 1.15 and planned["notes"]:  # the probe found the machine too slow for the smallest recipe
         assert sum(planned["estimate"].values()) > BUDGET_S * 0.9
         pytest.skip(f"machine too loaded for a {BUDGET_S}s budget: {planned['notes']} (ran {wall:.0f} s)")
-    # shared machine: 15% over the budget at most (the plan keeps a 10% margin of its own)
     assert wall < BUDGET_S * 1.15, (wall, planned)

@@ -88,6 +88,32 @@ def trust_rows(clean: Path) -> list[str]:
     return rows
 
 
+def option_rows() -> list[str]:
+    """Bad option values (tests/test_options.py's RANGE_CASES), run for real in an empty folder."""
+    import os
+
+    from click.testing import CliRunner
+
+    from cli import main as cactus_main
+    from tests.test_options import RANGE_CASES
+
+    rows = ["| command | exit | outcome |", "|---|---|---|"]
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory() as name:
+        os.chdir(name)
+        try:
+            for args, _ in RANGE_CASES:
+                result = CliRunner().invoke(cactus_main, args, prog_name="cactus")
+                rows.append(f"| `cactus {' '.join(args)}` | {result.exit_code} | "
+                            f"{_cell(_last_error(result.stderr), [Path(name)])} |")
+        finally:
+            os.chdir(here)
+    return rows
+
+
+BEGIN, END = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "bad_inputs.md")
@@ -98,7 +124,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         clean = Path(name)
         sections = [("Damaged artifacts", damaged_artifact_rows(clean)), ("Bad datasets", dataset_rows()),
-                    ("Outputs, full disks, devices, crafted headers (issue 18)", trust_rows(clean))]
+                    ("Outputs, full disks, devices, crafted headers (issue 18)", trust_rows(clean)),
+                    ("Option values out of range (issue 18)", option_rows())]
     text = ("# Bad inputs tried and the error each gets\n\n"
             "Written by `python bench/bad_inputs.py` from the named cases of tests/test_hostile_inputs.py, "
             "tests/test_hostile_datasets.py and tests/test_trust.py (the tests assert them; the hypothesis "
@@ -108,6 +135,13 @@ def main() -> None:
     from cactus.core.atomic import write_text
 
     write_text(target, text)
+    # BENCHMARKS.md shows the issue-18 sections; the long table of damaged artifacts stays in the results file.
+    benchmarks = REPO / "BENCHMARKS.md"
+    page = benchmarks.read_text()
+    if BEGIN in page and END in page:
+        shown = "".join(f"\n### {title}\n\n" + "\n".join(rows) + "\n" for title, rows in sections[2:])
+        head, rest = page.split(BEGIN, 1)
+        write_text(benchmarks, head + BEGIN + "\n" + shown + "\n" + END + rest.split(END, 1)[1])
 
 
 if __name__ == "__main__":

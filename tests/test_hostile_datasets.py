@@ -65,6 +65,17 @@ def empty_folder(root: Path) -> str:
     return f"folder:{root / 'data'}"
 
 
+def symlink_loop(root: Path) -> str:
+    _class_folders(root / "data")
+    (root / "data" / "c1" / "loop.png").symlink_to(root / "data" / "c1" / "loop.png")
+    return f"folder:{root / 'data'}"
+
+
+def one_class(root: Path) -> str:
+    _class_folders(root / "data", sizes=((8, 8),))
+    return f"folder:{root / 'data'}"
+
+
 def npz_without_images(root: Path) -> str:
     np.savez(root / "d.npz", labels=np.arange(10))
     return f"npz:{root / 'd.npz'}"
@@ -93,6 +104,8 @@ DATASET_CASES: list[tuple[str, Callable[[Path], str], str]] = [
     ("a 9000 x 9000 PNG (decompression bomb)", decompression_bomb, "image too large"),
     ("images of different sizes, no --image-size", mixed_sizes, "differ in size"),
     ("class folders without images", empty_folder, "no images"),
+    ("a loop.png -> loop.png symlink", symlink_loop, "loop.png"),
+    ("a folder with one class (no meta-train split)", one_class, "class"),
     ("an .npz without an image array", npz_without_images, "npz"),
     ("an .npz with a NaN pixel", npz_with_nan_pixels, "NaN"),
     ("a folder that does not exist", missing_path, "nowhere"),

@@ -109,8 +109,14 @@ def _split_folders(root: Path) -> list[tuple[Path, int]] | None:
 
 
 def _check_inside(path: Path, inside: Path, root: Path) -> None:
-    if not path.resolve().is_relative_to(inside):
-        raise CactusError(f"folder:{root}: {path} is a link to {path.resolve()}, outside the dataset folder")
+    try:
+        target = path.resolve(strict=True)
+    except (RuntimeError, OSError) as error:  # a link to itself, a loop of links, a dangling link
+        reason = "a loop of symbolic links" if isinstance(error, RuntimeError) or "loop" in str(error).lower() \
+            else "a link to nothing"
+        raise CactusError(f"folder:{root}: {path} is {reason}") from None
+    if not target.is_relative_to(inside):
+        raise CactusError(f"folder:{root}: {path} is a link to {target}, outside the dataset folder")
 
 
 class _ColourFound(Exception):

@@ -69,6 +69,9 @@ def run_embed(
     if skipped:
         return StageResult(STAGE, out, key, True)
     train_images = dataset.images[dataset.indices(0)]
+    if len(train_images) == 0:
+        raise CactusError(f"--data {dataset.spec}: its split ({dataset.split_rule}) leaves no meta-train images "
+                          "(a folder needs several classes, or --split images)")
     if encoder_file is not None:
         encoder.set_state(source.group("encoder"))
         fit_seconds = 0.0

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import stop_at_first_checkpoint
 
 META = ("--iterations", "60", "--filters", "8", "--validate-every", "25", "--threads", "1", "--seed", "3")
 
@@ -61,20 +56,8 @@ def test_meta_stopped_by_sigterm_then_resumed_equals_an_uninterrupted_run(tasks_
 
     out = tmp_path / "learner.h5"
     checkpoint = tmp_path / "learner.h5.ckpt"
-    args = ["meta", str(tasks_file), "-o", str(out), *META, "--checkpoint-every", "0"]
-    job = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], cwd=REPO,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():  # --checkpoint-every 0: the first step has run once it exists
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 143, stderr
-    assert "stopped by SIGTERM" in stderr and "rerun with --resume" in stderr
-    assert "Traceback" not in stderr
-    assert checkpoint.is_file() and not out.exists()
+    stop_at_first_checkpoint(["meta", str(tasks_file), "-o", str(out), *META], checkpoint)
+    assert not out.exists()
     stopped_at = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 0 < stopped_at < 60
 

@@ -23,6 +23,24 @@ def write_json(path: Path, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n", "JSON")
 
 
+def finish_run(out_dir: Path, summary: dict, human: list[str], as_json: bool, write_report: bool,
+               device: str, threads: int | None, evaluated: bool = True) -> None:
+    """The end of ``cactus run`` (and of its replay): OUT_DIR/evaluation.json when something was evaluated,
+    the HTML report when asked, then the --json summary or the human lines on stdout."""
+    if evaluated:
+        write_json(out_dir / "evaluation.json", summary)
+    if write_report:
+        from cactus.core import log
+        from cactus.report.build import build_report
+
+        log.info(f"report: wrote {build_report(out_dir, device=device, threads=threads)['report']}")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        for line in human:
+            click.echo(line)
+
+
 def format_report(report: dict) -> str:
     tag = "  [SUPERVISED oracle]" if report["supervised"] else ""
     lines = [f"{report['learner']} on {report['data']} ({report['artifact']}){tag}"]

@@ -18,12 +18,9 @@ def replay_run(source: Path, out_dir: Path | None, force: bool, as_json: bool, w
     name, of which only ``device``, ``threads`` and the evaluation's options are used: everything
     that enters a key comes from the artifacts.
     """
-    import json
     import time
 
-    import click
-
-    from cactus.cli.output import format_report, write_json
+    from cactus.cli.output import finish_run, format_report
     from cactus.stages.configs import EvaluateConfig
     from cactus.stages.evaluate import evaluate_stage
     from cactus.stages.options import build
@@ -42,18 +39,8 @@ def replay_run(source: Path, out_dir: Path | None, force: bool, as_json: bool, w
     summary = {"out_dir": str(out_dir), "replayed": str(source), "stages": [s.as_dict() for s in stages],
                "evaluation": reports, "same_key": all(s.summary["same_key"] for s in stages),
                "seconds": round(time.monotonic() - started, 1)}
-    if reports:
-        write_json(out_dir / "evaluation.json", summary)
-    if write_report:
-        from cactus.report.build import build_report
-
-        log.info(f"report: wrote {build_report(out_dir, device=values['device'], threads=values['threads'])['report']}")
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        for stage in stages:
-            click.echo(f"{stage.stage}: {stage.path} key {stage.key[:12]} "
-                       f"{'= original' if stage.summary['same_key'] else 'DIFFERS from the original'}")
-        for report in reports:
-            click.echo(format_report(report))
+    human = [f"{stage.stage}: {stage.path} key {stage.key[:12]} "
+             f"{'= original' if stage.summary['same_key'] else 'DIFFERS from the original'}" for stage in stages]
+    finish_run(out_dir, summary, human + [format_report(report) for report in reports], as_json, write_report,
+               values["device"], values["threads"], evaluated=bool(reports))
     return summary

@@ -211,9 +211,8 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
     With --tasks-from labels the meta stage is the SUPERVISED oracle (true-label tasks of the
     meta-train classes) and no cluster / tasks stage runs.
     """
-    import json
 
-    from cactus.cli.output import format_report, write_json
+    from cactus.cli.output import finish_run, format_report
     from cactus.core import log
     from cactus.stages.cluster import run_cluster
     from cactus.stages.embed import embed_stage
@@ -278,13 +277,5 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
                "floors": {"pixels_knn": floor, "embedding": reports[1]},
                "threads": v["threads"], "device": device,
                "seconds": round(time.monotonic() - started, 1), "process_seconds": round(process_seconds(), 1)}
-    write_json(out_dir / "evaluation.json", summary)
-    if write_report:
-        from cactus.report.build import build_report
-
-        log.info(f"report: wrote {build_report(out_dir, device=v['device'], threads=v['threads'])['report']}")
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        click.echo(format_report(reports[0]))
-        click.echo(format_floors(reports[0], reports[1], floor))
+    finish_run(out_dir, summary, [format_report(reports[0]), format_floors(reports[0], reports[1], floor)], as_json,
+               write_report, v["device"], v["threads"])

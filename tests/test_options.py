@@ -112,6 +112,7 @@ def fake_stages(monkeypatch, tmp_path):
 
     def fake_meta(out, tasks_file, settings, init_from=None, force=False):
         got["meta"] = settings
+        got["init_from"] = init_from
         return result("meta", out)
 
     def fake_evaluate(artifact, settings, embeddings_path=None, runs_path=None):
@@ -351,3 +352,11 @@ def test_too_many_ways_for_the_partitions_says_fewer_ways_or_more_clusters(tmp_p
     lines = result.stderr.strip().splitlines()
     assert "fewer ways or more clusters" in lines[-1] and "--ways" in lines[-1], lines
 
+
+
+def test_a_preset_that_fine_tunes_the_encoder_passes_it_to_the_meta_stage(fake_stages, tmp_path):
+    """`init-from-encoder` set by a preset reaches the meta stage (it was once dropped: ProtoNets from scratch)."""
+    result = invoke(["run", "--preset", "contrastive-protonets", "--data", "digits", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert fake_stages["init_from"] == tmp_path / "embeddings.h5"
+    assert fake_stages["meta"].meta_lr == 1e-4

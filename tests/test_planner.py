@@ -153,7 +153,6 @@ def test_a_preset_with_a_time_budget_is_a_one_line_error(tmp_path):
 BUDGET_S = 60
 
 
-@pytest.mark.slow  # a minute of wall clock, and timing: run it on a quiet machine (-m slow)
 def test_a_budgeted_run_on_digits_ends_within_its_budget_and_shows_the_floors(tmp_path):
     started = time.monotonic()
     result = run_cli("run", "--budget", f"{BUDGET_S}s", "--out-dir", str(tmp_path), "--eval-tasks", "300", "--json",

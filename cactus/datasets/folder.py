@@ -197,12 +197,6 @@ def _decode_one(path: Path, mode: str, image_size: int | None, shape: tuple[int,
     return pixels.reshape(*shape, -1)
 
 
-def read_folder(root: Path, image_size: int | None) -> RawImages:
-    """List and decode ``root`` (no cache): (N, H, W, C) uint8 images, class ids, names and split groups."""
-    listing = list_folder(root)
-    return raw_images(listing, decode_folder(listing, image_size))
-
-
 def raw_images(listing: FolderListing, images: np.ndarray) -> RawImages:
     """The decoded images with the listing's labels and split groups."""
     return RawImages(images=images, class_ids=listing.class_ids, class_names=listing.class_names,

@@ -8,6 +8,7 @@ run is as short as the options allow; the point is that 3-channel images flow ev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -139,3 +140,35 @@ def _arrays(artifact: h5py.File, prefix: str) -> list[str]:
     names: list[str] = []
     artifact.visit(lambda name: names.append(name) if isinstance(artifact[name], h5py.Dataset) else None)
     return [n for n in names if n.startswith(prefix)]
+
+
+@pytest.mark.parametrize("budget, size, iterations", [("cpu", "42", "2000"), ("paper", "84", "60000")])
+def test_the_miniimagenet_preset_plans_the_papers_protocol(rgb_folder, budget, size, iterations):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, ["run", "--preset", "cactus-miniimagenet", "--budget", budget,
+                                       "--data", f"folder:{rgb_folder}", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    for setting in ("method=deepcluster", "dim=256", "clusters=500", "partitions=50", "algo=maml", "ways=5",
+                    "shots=1", "queries=5", "meta_batch=8", "filters=32", "downsample=pool", "inner_lr=0.05",
+                    "inner_steps=5", "test_inner_steps=50", "eval_shots=(1, 5, 20, 50)", "eval_queries=15",
+                    f"image_size={size}", f"iterations={iterations}"):
+        assert re.search(rf"(: |, ){re.escape(setting)}(, |$)", line), setting
+
+
+def test_the_miniimagenet_preset_runs_end_to_end_on_rgb(rgb_folder, tmp_path):
+    """The preset's pipeline (DeepCluster on colour, MAML with max pooling), shrunk to seconds."""
+    summary = _invoke("run", "--preset", "cactus-miniimagenet", "--data", f"folder:{rgb_folder}",
+                      "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--width", "8", "--dim", "8",
+                      "--clusters", "4", "--partitions", "2", "--min-cluster-size", "2", "--iterations", "3",
+                      "--test-inner-steps", "2", "--ways", "3", "--eval-ways", "3", "--eval-shots", "1", "--eval-queries", "2", "--eval-tasks", "10",
+                      "--out-dir", str(tmp_path / "run"))
+    learner = summary["evaluation"][0]
+    assert learner["learner"] == "maml" and [r["shots"] for r in learner["results"]] == [1]
+    assert 0 <= learner["results"][0]["accuracy"] <= 100
+    with h5py.File(tmp_path / "run" / "embeddings.h5") as f:
+        config = json.loads(f.attrs["config"])
+    assert config["encoder"]["method"] == "deepcluster" and config["data"]["image_size"] == 16

@@ -19,7 +19,7 @@ import click
 from cactus.cli.config_file import run_config_callback
 from cactus.cli.options import run_options
 from cactus.stages.configs import STAGE_CONFIGS
-from cactus.stages.presets import PRESETS
+from cactus.stages.presets import PRESETS, preset_values
 
 #: What `cactus run` uses for a stage option left unset: the pipeline fits each stage to the next.
 DERIVED = {
@@ -106,7 +106,7 @@ def plan_run(ctx: click.Context, values: dict, dataset, budget_text: str, starte
     budget = parse_budget(budget_text)
     images = train_images(dataset)
     shape = DataShape(len(images), *(int(d) for d in images.shape[1:]))
-    names = ("method", "epochs", "clusters", "ways", "shots", "queries", "algo", "iterations")
+    names = ("method", "epochs", "clusters", "ways", "shots", "queries", "algo", "iterations", "image_size")
     given = {name: values[name] for name in names if not is_default(ctx, name)}
     threads, device = values["threads"], device_name(values["device"])
     planned = plan(shape, budget, given=given, threads=threads, device=device, eval_tasks=values["eval_tasks"])
@@ -242,6 +242,8 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
         v["threads"], threads_from = allocated_threads()
     dataset = build(DataRef, v, by="run").load()
     planned = None if preset else plan_run(ctx, v, dataset, budget, started)
+    if planned is not None and planned.resized_from is not None:  # the plan trains on smaller images
+        dataset = build(DataRef, v, by="run").load()
     if is_default(ctx, "eval_ways") and not (preset and "eval_ways" in PRESETS[preset]):
         v["eval_ways"] = widest_ways(dataset)
     device = device_name(v["device"])
@@ -249,7 +251,7 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
     log.info(f"run: {recipe}; {v['threads']} threads ({threads_from}), device {device}")
     if dry_run:
         click.echo(planned.table() if planned else f"preset {preset} ({budget}): "
-                   + ", ".join(f"{k}={v[k]}" for k in sorted(PRESETS[preset]) if k in v))
+                   + ", ".join(f"{k}={v[k]}" for k in sorted(preset_values(preset, budget)) if k in v))
         return
     init_from_encoder = bool(v.pop("init_from_encoder"))
     configs = resolve(v, int(dataset.images[0].size))

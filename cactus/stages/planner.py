@@ -11,10 +11,10 @@ threads). The rules:
 encoder                   contrastive (SimCLR, conv4 backbone, 128-d) from 16x16 pixels; PCA below
                           (8x8 digits: four poolings leave nothing, and it keeps the main job short);
                           below 200 meta-train images nothing is planned: the stages' own defaults
-encoder epochs            at least the budget's (quick 1, cpu 3, paper 10) and enough for its
-                          minimum number of 256-image steps (100 / 300 / 1000); a time budget:
-                          at most the paper's, and when time is short at least 35% of the training
-                          time (the rest goes to the meta iterations)
+encoder epochs            at least the budget's (quick 1, paper 10) and enough for its minimum
+                          number of 256-image steps (100 / 1000); cpu and a time budget: at most
+                          the paper's, and when time is short at least 35% of the training time
+                          (the rest goes to the meta iterations)
 k (clusters)              meta-train images / 40, between 10 and 500 (the paper's k on Omniglot,
                           miniImageNet: ~40-80 images per cluster)
 P (partitions)            100 (quick: 20)
@@ -22,18 +22,19 @@ pseudo-task shape         ways = k / 4 between 5 and 20; 1 shot; queries = half 
                           size less the shot, between 1 and 15; min cluster size = shots + queries
 meta-learner              ProtoNets fine-tuning the encoder's backbone (init-from-encoder), Adam 1e-4
                           (1e-3 and a fresh conv4 when the encoder has no backbone)
-meta iterations           the budget's cap (quick 200, cpu 2000, paper 30000), at most 40 passes
-                          over the meta-train images in pseudo-task images (not for paper), at
-                          least 100; a time budget: what the measured steps/s allow in the time
-                          left, at most those 40 passes
+meta iterations           the budget's cap (quick 200, paper 30000), at most 40 passes over the
+                          meta-train images in pseudo-task images (not for paper), at least 100;
+                          cpu and a time budget: what the steps/s allow in the time left, at most
+                          those 40 passes
 ========================  =====================================================================
 
 A time budget is spent as: the fixed costs (loading, the probe, clustering, tasks, evaluation and
 the floors, estimated from the sizes and scaled by how much slower than the cost model the probe
 found the machine) plus a 10% margin are set aside, then the encoder's epochs and the meta
 iterations fill the rest; a plan that cannot fit says so in its notes and runs the smallest
-recipe. ``cpu`` is the cpu recipe shrunk the same way when the cost model says it would take more
-than an hour.
+recipe. ``cpu`` is planned the same way for an hour, with the cost model's throughput instead of a
+probe, so that it is the same recipe on every machine (on Omniglot-sized data nothing needs to shrink:
+11 epochs and 2,750 iterations, as for ``--budget 20m``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cactus.core.errors import CactusError
@@ -51,12 +52,13 @@ NAMED_BUDGETS = ("quick", "cpu", "paper", "job")
 #: Per named budget: minimum encoder epochs, minimum encoder steps, meta-iteration cap, partitions.
 RECIPES = {
     "quick": {"epochs": 1, "encoder_steps": 100, "iterations": 200, "partitions": 20},
-    "cpu": {"epochs": 3, "encoder_steps": 300, "iterations": 2000, "partitions": 100},
     "paper": {"epochs": 10, "encoder_steps": 1000, "iterations": 30000, "partitions": 100},
 }
 CPU_SECONDS = 3600.0  # --budget cpu: within an hour on a 2-core CPU
 ENCODER_BATCH = 256
 ENCODER_SHARE = 0.35
+RESIZE_BELOW = 0.5
+MIN_PLANNED_SIDE = 28
 MARGIN = 0.10
 MIN_ITERATIONS = 100
 DATA_PASSES = 40
@@ -98,7 +100,7 @@ def parse_budget(text: str, environ: dict[str, str] | None = None, now: float | 
     Raises a one-line CactusError naming ``--budget`` for anything else.
     """
     value = text.strip().lower()
-    if value in RECIPES:
+    if value in ("quick", "cpu", "paper"):
         return Budget(value)
     if value == "job":
         env = os.environ if environ is None else environ
@@ -188,6 +190,14 @@ class Plan:
     throughput: Throughput
     estimate: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    resized_from: DataShape | None = None  # the data's own shape, when the plan resizes its images
+
+    @property
+    def data(self) -> str:
+        """The planned shape, and the data's own when the images are resized."""
+        if self.resized_from is None:
+            return str(self.shape)
+        return f"{self.shape} (resized from {self.resized_from.height}x{self.resized_from.width})"
 
     @property
     def seconds(self) -> float:
@@ -197,17 +207,17 @@ class Plan:
         """One line: recipe, budget, sizes, estimated time."""
         v = self.values
         if "algo" not in v:
-            return f"plan ({self.budget}): {self.shape}; too few images to plan, the stages' defaults"
+            return f"plan ({self.budget}): {self.data}; too few images to plan, the stages' defaults"
         encoder = f"{v['method']} {v['epochs']} ep" if v.get("epochs") else v["method"]
         init = "+backbone" if v.get("init_from_encoder") else ""
-        return (f"plan ({self.budget}): {self.shape}; {encoder}, k={v['clusters']} P={v['partitions']}, "
+        return (f"plan ({self.budget}): {self.data}; {encoder}, k={v['clusters']} P={v['partitions']}, "
                 f"{v['ways']}-way {v['shots']}-shot {v['queries']}-query, {v['algo']}{init} {v['iterations']} it "
                 f"lr {v['meta_lr']:g}; est. {format_seconds(self.seconds)}"
                 f"{' (measured)' if self.throughput.measured else ''}")
 
     def table(self) -> str:
         """The plan as a two-column table (``--dry-run``)."""
-        rows = [("budget", str(self.budget)), ("data", str(self.shape))]
+        rows = [("budget", str(self.budget)), ("data", self.data)]
         rows += [(name.replace("_", "-"), str(value)) for name, value in self.values.items()]
         rows += [(f"est. {stage}", format_seconds(s)) for stage, s in self.estimate.items()]
         rows += [("est. total", format_seconds(self.seconds)),
@@ -220,6 +230,7 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"values": self.values, "budget": str(self.budget), "shape": asdict(self.shape),
+                "resized_from": asdict(self.resized_from) if self.resized_from else None,
                 "throughput": asdict(self.throughput), "estimate": self.estimate, "notes": list(self.notes)}
 
 
@@ -274,12 +285,40 @@ def plan(shape: DataShape, budget: Budget, throughput: Throughput | None = None,
     """The recipe for ``shape`` under ``budget``; ``spent``: seconds already used (loading, the probe);
     ``eval_tasks``: evaluation tasks per setting (the evaluation's time is set aside).
 
+    When an hour (``cpu``) or a time budget leaves a conv encoder less than ``RESIZE_BELOW`` of its epochs
+    at the data's resolution, the images are planned smaller (``image_size``), each step halving the
+    area, down to ``MIN_PLANNED_SIDE``: a few epochs at 42x42 learn more than one at 84x84. Not when
+    the user gave ``image_size`` or ``epochs``. ``throughput`` (measured at the data's resolution) is
+    scaled by the area.
+    """
+    given = given or {}
+    planned = _plan_shape(shape, budget, throughput, given, threads, device, spent, eval_tasks)
+    if (budget.name not in ("cpu", "time") or "epochs" not in planned.values
+            or given.get("image_size") is not None or given.get("epochs") is not None):
+        return planned
+    cap = recipe(shape, "paper", given)["epochs"]
+    side = min(shape.height, shape.width)
+    while planned.values["epochs"] < RESIZE_BELOW * cap and side > MIN_PLANNED_SIDE:
+        side = max(MIN_PLANNED_SIDE, round(side / math.sqrt(2)))
+        smaller = DataShape(shape.images, side, side, shape.channels)
+        area = side * side / (shape.height * shape.width)
+        speed = None if throughput is None else Throughput(
+            throughput.encoder_image * area, throughput.meta_iteration * area, throughput.measured)
+        planned = _plan_shape(smaller, budget, speed, given, threads, device, spent, eval_tasks)
+        planned = replace(planned, values={**planned.values, "image_size": side}, resized_from=shape)
+    return planned
+
+
+def _plan_shape(shape: DataShape, budget: Budget, throughput: Throughput | None, given: dict[str, Any],
+                threads: int, device: str, spent: float, eval_tasks: int) -> Plan:
+    """:func:`plan` at the images' own resolution.
+
     A time budget starts from the caps of the paper's recipe (epochs, and iterations at most
     ``DATA_PASSES`` passes over the data) and shrinks them to the time left after the fixed costs
     and the margin: the encoder keeps at least ``ENCODER_SHARE`` of the training time.
     """
     given = given or {}
-    timed = budget.name == "time"
+    timed = budget.name in ("time", "cpu")  # cpu: an hour, under the cost model unless a throughput is given
     values = recipe(shape, "paper" if timed else budget.name, given)
     if "algo" not in values:
         return Plan(values, budget, shape, throughput or Throughput(0.0, 0.0), {}, ("too few images to plan",))
@@ -293,7 +332,7 @@ def plan(shape: DataShape, budget: Budget, throughput: Throughput | None = None,
     slowdown = max(1.0, speed.meta_iteration / model.meta_iteration) if throughput and throughput.measured else 1.0
     fixed = {k: v * slowdown for k, v in fixed_costs(shape, values, threads, device, eval_tasks).items()}
     notes: list[str] = []
-    limit = budget.seconds if timed else CPU_SECONDS if budget.name == "cpu" else None
+    limit = CPU_SECONDS if budget.name == "cpu" else budget.seconds if timed else None
     epoch_s = speed.encoder_image * shape.images
     if limit is not None:
         train = limit * (1 - MARGIN) - spent - sum(fixed.values())

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -40,13 +41,16 @@ def run(data: str, budget: str | None, extra: list[str]) -> dict:
     done = subprocess.run([sys.executable, "-c", "from cli import main; main()", *args], cwd=REPO,
                           stdout=subprocess.PIPE, text=True)
     wall = time.monotonic() - started
+    # the largest resident set of any finished child: this run's peak (an upper bound for each of its stages)
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     if done.returncode != 0:
         raise SystemExit(f"cactus {' '.join(args)} failed with exit code {done.returncode}")
     summary = json.loads(done.stdout)
     learner, knn = summary["evaluation"]
     return {"data": data, "budget": budget or "cpu (default)", "extra": extra,
             "command": "cactus " + " ".join(args[: args.index("--out-dir")]),
-            "wall_seconds": round(wall, 1), "plan": summary.get("plan"), "threads": summary.get("threads"),
+            "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2), "plan": summary.get("plan"),
+            "threads": summary.get("threads"),
             "device": summary.get("device"), "stages": {s["stage"]: s["seconds"] for s in summary["stages"]},
             "learner": learner["learner"], "accuracy": scores(learner), "embedding_knn": scores(knn),
             "pixels_knn": scores(summary["floors"]["pixels_knn"]),

@@ -164,7 +164,8 @@ def test_the_miniimagenet_preset_runs_end_to_end_on_rgb(rgb_folder, tmp_path):
     summary = _invoke("run", "--preset", "cactus-miniimagenet", "--data", f"folder:{rgb_folder}",
                       "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--width", "8", "--dim", "8",
                       "--clusters", "4", "--partitions", "2", "--min-cluster-size", "2", "--iterations", "3",
-                      "--test-inner-steps", "2", "--ways", "3", "--eval-ways", "3", "--eval-shots", "1", "--eval-queries", "2", "--eval-tasks", "10",
+                      "--test-inner-steps", "2", "--ways", "3", "--eval-ways", "3",
+                      "--eval-shots", "1", "--eval-queries", "2", "--eval-tasks", "10",
                       "--out-dir", str(tmp_path / "run"))
     learner = summary["evaluation"][0]
     assert learner["learner"] == "maml" and [r["shots"] for r in learner["results"]] == [1]

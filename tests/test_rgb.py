@@ -173,3 +173,30 @@ def test_the_miniimagenet_preset_runs_end_to_end_on_rgb(rgb_folder, tmp_path):
     with h5py.File(tmp_path / "run" / "embeddings.h5") as f:
         config = json.loads(f.attrs["config"])
     assert config["encoder"]["method"] == "deepcluster" and config["data"]["image_size"] == 16
+
+
+def test_grey_is_pillows_luma_and_leaves_grey_images_alone():
+    from cactus.datasets.dataset import to_grey
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
+    grey = to_grey(colour, chunk=2)  # several chunks
+    assert grey.shape == (5, 7, 9, 1) and grey.dtype == np.uint8
+    pillow = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in colour])[..., None]
+    assert np.abs(grey.astype(int) - pillow).max() <= 1  # Pillow rounds its fixed-point sums
+    assert to_grey(grey) is grey
+
+
+def test_grey_option_loads_the_colour_folder_as_one_channel_and_is_recorded(rgb_folder, tmp_path):
+    from cactus.stages.common import DataRef
+
+    colour = DataRef(f"folder:{rgb_folder}", IMAGE_SIZE).load()
+    grey = DataRef(f"folder:{rgb_folder}", IMAGE_SIZE, grey=True).load()
+    assert colour.image_shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and grey.image_shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
+    assert np.array_equal(grey.split, colour.split) and np.array_equal(grey.true_labels(), colour.true_labels())
+    _invoke("embed", "--data", f"folder:{rgb_folder}", "--image-size", str(IMAGE_SIZE), "--grey", "--method",
+            "pixels", "-o", str(tmp_path / "grey.h5"))
+    with h5py.File(tmp_path / "grey.h5") as f:
+        assert json.loads(f.attrs["config"])["data"]["grey"] is True
+        assert list(f["encoder/input_shape"][()]) == [IMAGE_SIZE, IMAGE_SIZE, 1]
+    assert "grey" not in DataRef("digits").as_dict()  # artifacts made without it keep their keys

@@ -108,7 +108,8 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 
 
 def load_dataset(
-    spec: str = "digits", image_size: int | None = None, split: str = "default", split_seed: int = 0
+    spec: str = "digits", image_size: int | None = None, split: str = "default", split_seed: int = 0,
+    grey: bool = False,
 ) -> Dataset:
     """Load a dataset and split it.
 
@@ -117,6 +118,7 @@ def load_dataset(
         background / evaluation alphabets), ``files`` (a dataset's own train / test files, or a
         folder's train/ val/ test/ sub-folders: the default for such a folder) or ``images`` (a
         seeded half of the images for meta-training, the rest for test; digits' default).
+    grey: colour images become one channel (:func:`to_grey`); grey ones are left as they are.
     """
     if split not in SPLIT_RULES:
         raise CactusError(f"--split {split!r}: expected one of {', '.join(SPLIT_RULES)}")
@@ -126,6 +128,8 @@ def load_dataset(
     raw = _read(kind, path, image_size)
     if image_size is not None and kind in ("idx", "npz", "h5", "digits"):
         raw.images = _resize_all(raw.images, image_size)
+    if grey:
+        raw.images = to_grey(raw.images)
     split_array, rule = _split(kind, raw, split, split_seed, spec)
     return Dataset(
         spec=spec,
@@ -250,3 +254,16 @@ READERS: dict[str, Callable[[Path | None, int | None], RawImages]] = {
     "npz": lambda path, _size: read_arrays("npz", path),
     "h5": lambda path, _size: read_arrays("h5", path),
 }
+
+
+def to_grey(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, H, W, 1) uint8 luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B, as Pillow's "L");
+    one-channel images are returned as they are. Converted ``chunk`` images at a time, never all as float."""
+    if images.shape[-1] == 1:
+        return images
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out = np.empty((*images.shape[:-1], 1), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].astype(np.float32) @ weights
+        out[start : start + chunk, ..., 0] = np.clip(np.rint(part), 0, 255).astype(np.uint8)
+    return out

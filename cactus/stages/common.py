@@ -71,8 +71,9 @@ def torch_threads() -> int | None:
 class DataRef(Checked):
     """How to load the dataset again: recorded in every artifact so later stages find the images.
 
-    Its fields are the ``--data``, ``--image-size``, ``--split`` and ``--split-seed`` options of the
-    commands that read a dataset (embed, meta's oracle, run).
+    Its fields are the ``--data``, ``--image-size``, ``--split``, ``--split-seed`` and ``--grey`` options of
+    the commands that read a dataset (embed, meta's oracle, run). ``grey`` is recorded only when set, so
+    artifacts made before it existed keep their keys.
     """
 
     spec: str = option("digits", "digits | omniglot:PATH | idx:PATH | folder:PATH | npz:PATH | h5:PATH", name="data")
@@ -80,21 +81,26 @@ class DataRef(Checked):
     split: str = option("default", "How images are split into meta-train / validation / test.",
                         choices=SPLIT_RULES)
     split_seed: int = option(0, "Seed of the class split.", kind=int, low=0)
+    grey: bool = option(False, "Convert colour images to one grey channel (ITU-R 601 luma).", kind=bool)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "image_size": self.image_size, "split": self.split, "split_seed": self.split_seed}
+        ref = {"spec": self.spec, "image_size": self.image_size, "split": self.split, "split_seed": self.split_seed}
+        return {**ref, "grey": True} if self.grey else ref
 
     @classmethod
     def from_dict(cls, value: Any, where: Path) -> DataRef:
         try:
-            return cls(str(value["spec"]), value["image_size"], str(value["split"]), int(value["split_seed"]))
-        except (KeyError, TypeError, ValueError, CactusError):
+            grey = value.get("grey", False)
+            if not isinstance(grey, bool):
+                raise TypeError("grey")
+            return cls(str(value["spec"]), value["image_size"], str(value["split"]), int(value["split_seed"]), grey)
+        except (KeyError, TypeError, ValueError, AttributeError, CactusError):
             raise CactusError(f"{where}: artifact has no valid dataset reference") from None
 
     def load(self):
         from cactus.datasets.dataset import load_dataset
 
-        return load_dataset(self.spec, self.image_size, self.split, self.split_seed)
+        return load_dataset(self.spec, self.image_size, self.split, self.split_seed, self.grey)
 
 
 def data_of(artifact) -> DataRef:

@@ -87,3 +87,32 @@ def test_presets_fill_what_the_user_left_out_and_budgets_scale_iterations():
         preset_values("nope", "cpu")
     result = run_cli("run", "--preset", "nope")
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "--preset" in result.stderr
+
+
+@pytest.mark.parametrize("learner", ["knn", "ridge", "linear", "mlp"])
+def test_embedding_learners_score_the_same_in_task_chunks(learner, monkeypatch):
+    """Wide embeddings (raw pixels of photos) are scored a chunk of tasks at a time, with the same result."""
+    from cactus.evaluation import baselines
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 20)
+    embeddings = (rng.normal(size=(240, 48)) + labels[:, None] * 0.3).astype(np.float32)
+    whole = baselines.evaluate_embedding(embeddings, labels, learner, ways=5, shots=2, queries=3, n_tasks=40)
+    per_task = 5 * (2 + 3) * 48 * 4
+    monkeypatch.setattr(baselines, "CHUNK_BYTES", per_task * 7)  # chunks of 7 tasks
+    assert len(baselines.task_chunks(40, 25, embeddings)) == 6
+    chunked = baselines.evaluate_embedding(embeddings, labels, learner, ways=5, shots=2, queries=3, n_tasks=40)
+    if learner == "mlp":  # each chunk restarts the seeded initialisation: close, not equal
+        assert abs(chunked["accuracy"] - whole["accuracy"]) < 10
+    else:
+        assert chunked == whole
+
+
+def test_task_chunks_bound_the_gathered_embeddings_of_wide_data():
+    from cactus.evaluation.baselines import CHUNK_BYTES, task_chunks
+
+    pixels = np.empty((10, 42 * 42 * 3), dtype=np.float32)  # only its width and dtype matter
+    chunks = task_chunks(1000, 5 * (50 + 15), pixels)
+    per_task = 5 * (50 + 15) * pixels.shape[1] * 4
+    assert max(c.stop - c.start for c in chunks) * per_task <= CHUNK_BYTES
+    assert chunks[0].start == 0 and chunks[-1].stop >= 1000 and len(task_chunks(1000, 10, np.empty((1, 64)))) == 1

@@ -122,6 +122,31 @@ def predict_cluster_matching(
     return predictions
 
 
+#: Bytes of gathered task embeddings per chunk: 1000 tasks of 50-shot 15-query 5-way on 42x42x3 raw pixels
+#: would gather 6.9 GB at once.
+CHUNK_BYTES = 256 * 2**20
+
+
+def task_chunks(n_tasks: int, images_per_task: int, embeddings: np.ndarray) -> list[slice]:
+    """Slices of the task axis whose gathered embeddings stay near :data:`CHUNK_BYTES` (one slice when
+    all tasks fit, as for every low-dimensional embedding)."""
+    per_task = images_per_task * embeddings.shape[1] * embeddings.dtype.itemsize
+    size = max(1, min(n_tasks, CHUNK_BYTES // max(per_task, 1)))
+    return [slice(start, start + size) for start in range(0, n_tasks, size)]
+
+
+def _predict(learner: str, support: np.ndarray, s_labels: np.ndarray, query: np.ndarray, ways: int,
+             seed: int) -> np.ndarray:
+    """One chunk of tasks: support (T, S, D), query (T, Q, D) -> predicted labels (T, Q)."""
+    if learner == "knn":
+        return predict_knn(support, s_labels, query)
+    if learner == "ridge":
+        return predict_ridge(support, s_labels, query, ways)
+    if learner == "linear":
+        return predict_linear(support, s_labels, query)
+    return predict_mlp(support, s_labels, query, seed)
+
+
 def accuracy_interval(per_task: np.ndarray) -> tuple[float, float]:
     """Mean of per-task accuracies (T,) in % and the half-width of its 95% normal interval."""
     per_task = np.asarray(per_task, dtype=np.float64)
@@ -149,16 +174,11 @@ def evaluate_embedding(
     if learner not in EMBEDDING_LEARNERS or learner == "cluster-matching":
         raise CactusError(f"--learner {learner!r}: expected one of knn, linear, mlp, ridge here")
     tasks = sample_tasks(labels[None], np.arange(len(labels)), ways, shots, queries, n_tasks, seed, "test split")
-    support, query = embeddings[tasks.support], embeddings[tasks.query]
     s_labels = tasks.support_labels()
-    if learner == "knn":
-        predicted = predict_knn(support, s_labels, query)
-    elif learner == "ridge":
-        predicted = predict_ridge(support, s_labels, query, ways)
-    elif learner == "linear":
-        predicted = predict_linear(support, s_labels, query)
-    else:
-        predicted = predict_mlp(support, s_labels, query, seed)
+    predicted = np.concatenate([
+        _predict(learner, embeddings[tasks.support[part]], s_labels, embeddings[tasks.query[part]], ways, seed)
+        for part in task_chunks(n_tasks, tasks.support.shape[1] + tasks.query.shape[1], embeddings)
+    ])
     mean, half = accuracy_interval((predicted == tasks.query_labels()[None]).mean(axis=1) * 100)
     return {"learner": learner, "ways": ways, "shots": shots, "queries": queries,
             "tasks": n_tasks, "accuracy": mean, "ci95": half}

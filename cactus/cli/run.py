@@ -242,8 +242,6 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
         v["threads"], threads_from = allocated_threads()
     dataset = build(DataRef, v, by="run").load()
     planned = None if preset else plan_run(ctx, v, dataset, budget, started)
-    if planned is not None and planned.resized_from is not None:  # the plan trains on smaller images
-        dataset = build(DataRef, v, by="run").load()
     if is_default(ctx, "eval_ways") and not (preset and "eval_ways" in PRESETS[preset]):
         v["eval_ways"] = widest_ways(dataset)
     device = device_name(v["device"])
@@ -253,6 +251,9 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
         click.echo(planned.table() if planned else f"preset {preset} ({budget}): "
                    + ", ".join(f"{k}={v[k]}" for k in sorted(preset_values(preset, budget)) if k in v))
         return
+    if planned is not None and planned.resized_from is not None:  # the plan trains on smaller images
+        dataset = None  # the full-size images go before the resized ones load
+        dataset = build(DataRef, v, by="run").load()
     init_from_encoder = bool(v.pop("init_from_encoder"))
     configs = resolve(v, int(dataset.images[0].size))
     files = {name: out_dir / f"{name}.h5" for name in ("embeddings", "partitions", "tasks", "learner")}

@@ -49,7 +49,8 @@ from typing import Any
 from cactus.core.errors import CactusError
 
 NAMED_BUDGETS = ("quick", "cpu", "paper", "job")
-#: Per named budget: minimum encoder epochs, minimum encoder steps, meta-iteration cap, partitions.
+#: Minimum encoder epochs, minimum encoder steps, meta-iteration cap, partitions; ``cpu`` and time budgets
+#: start from the paper's and fit them to their wall clock.
 RECIPES = {
     "quick": {"epochs": 1, "encoder_steps": 100, "iterations": 200, "partitions": 20},
     "paper": {"epochs": 10, "encoder_steps": 1000, "iterations": 30000, "partitions": 100},
@@ -78,6 +79,11 @@ class Budget:
     name: str
     seconds: float | None = None
 
+    @property
+    def wall_clock(self) -> float | None:
+        """Seconds the whole run may take: a time budget's, an hour for ``cpu``; None for quick and paper."""
+        return CPU_SECONDS if self.name == "cpu" else self.seconds if self.name == "time" else None
+
     def __str__(self) -> str:
         if self.name != "time":
             return self.name
@@ -100,7 +106,7 @@ def parse_budget(text: str, environ: dict[str, str] | None = None, now: float | 
     Raises a one-line CactusError naming ``--budget`` for anything else.
     """
     value = text.strip().lower()
-    if value in ("quick", "cpu", "paper"):
+    if value in NAMED_BUDGETS and value != "job":
         return Budget(value)
     if value == "job":
         env = os.environ if environ is None else environ
@@ -293,7 +299,7 @@ def plan(shape: DataShape, budget: Budget, throughput: Throughput | None = None,
     """
     given = given or {}
     planned = _plan_shape(shape, budget, throughput, given, threads, device, spent, eval_tasks)
-    if (budget.name not in ("cpu", "time") or "epochs" not in planned.values
+    if (budget.wall_clock is None or "epochs" not in planned.values
             or given.get("image_size") is not None or given.get("epochs") is not None):
         return planned
     cap = recipe(shape, "paper", given)["epochs"]
@@ -317,8 +323,8 @@ def _plan_shape(shape: DataShape, budget: Budget, throughput: Throughput | None,
     ``DATA_PASSES`` passes over the data) and shrinks them to the time left after the fixed costs
     and the margin: the encoder keeps at least ``ENCODER_SHARE`` of the training time.
     """
-    given = given or {}
-    timed = budget.name in ("time", "cpu")  # cpu: an hour, under the cost model unless a throughput is given
+    limit = budget.wall_clock  # cpu: an hour, under the cost model unless a throughput is given
+    timed = limit is not None
     values = recipe(shape, "paper" if timed else budget.name, given)
     if "algo" not in values:
         return Plan(values, budget, shape, throughput or Throughput(0.0, 0.0), {}, ("too few images to plan",))
@@ -332,7 +338,6 @@ def _plan_shape(shape: DataShape, budget: Budget, throughput: Throughput | None,
     slowdown = max(1.0, speed.meta_iteration / model.meta_iteration) if throughput and throughput.measured else 1.0
     fixed = {k: v * slowdown for k, v in fixed_costs(shape, values, threads, device, eval_tasks).items()}
     notes: list[str] = []
-    limit = CPU_SECONDS if budget.name == "cpu" else budget.seconds if timed else None
     epoch_s = speed.encoder_image * shape.images
     if limit is not None:
         train = limit * (1 - MARGIN) - spent - sum(fixed.values())

@@ -32,8 +32,10 @@ def embed(out, encoder_file, force, as_json, **values):
     config = build(EmbedConfig, values)
     try:
         result = embed_stage(out, config, encoder_file, force)
-    finally:
+    except BaseException:
         distributed.teardown()  # under torchrun / srun; a no-op otherwise
+        raise
+    distributed.teardown(wait=True)
     if result.summary.get("rank"):  # ranks > 0 of a distributed run: rank 0 reports
         return
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")

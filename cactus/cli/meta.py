@@ -35,8 +35,10 @@ def meta(tasks_file, out, init_from, force, as_json, **values):
     config = build(MetaConfig, values)
     try:
         result = meta_stage(out, tasks_file, config, init_from, force)
-    finally:
+    except BaseException:
         distributed.teardown()  # under torchrun / srun; a no-op otherwise
+        raise
+    distributed.teardown(wait=True)
     if result.summary.get("rank"):  # ranks > 0 of a distributed run: rank 0 reports
         return
     emit(result.as_dict(), as_json, None if result.skipped else f"wrote {out}")

@@ -91,10 +91,16 @@ def setup(device, world: World | None = None):
     return world, device
 
 
-def teardown() -> None:
+def teardown(wait: bool = False) -> None:
+    """Leave the process group. ``wait`` (after a stage succeeded on every rank): first a barrier, so that no
+    rank destroys its gloo connections while another still uses them (a peer sometimes aborted with
+    "terminate called without an active exception" as the ranks left). Not after an error: the other ranks
+    may be gone, and a barrier would wait for them until gloo's timeout."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

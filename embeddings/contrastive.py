@@ -86,6 +86,7 @@ class ContrastiveEncoder(TorchEncoder):
         """
         import torch
 
+        from embeddings import train_utils
         from embeddings.train_utils import recompute_batchnorm
 
         generator = self._start_fit(images)
@@ -99,12 +100,13 @@ class ContrastiveEncoder(TorchEncoder):
             optimiser,
             lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, total_steps) / total_steps)),
         )
-        step = self._step_function(images, backbone, head, optimiser, schedule, generator, self.device_)
+        config = train_utils.augmentations_for(images, "contrastive")
+        step = self._step_function(images, backbone, head, optimiser, schedule, generator, self.device_, config)
         self._train(step, len(images), generator, {"head": head, "optimiser": optimiser, "schedule": schedule})
         recompute_batchnorm(backbone, images, device=self.device_)
         return self
 
-    def _step_function(self, images, backbone, head, optimiser, schedule, generator, device):
+    def _step_function(self, images, backbone, head, optimiser, schedule, generator, device, config):
         """step(indices (B,)) -> NT-Xent loss of the batch's 2B views (this rank's B/W rows trained)."""
         import torch
 
@@ -114,7 +116,7 @@ class ContrastiveEncoder(TorchEncoder):
 
         def step(indices: np.ndarray) -> float:
             x = to_tensor(images[indices], device)
-            first, second = augment(x, generator), augment(x, generator)  # (B, C, H, W) each, on every rank
+            first, second = augment(x, generator, config), augment(x, generator, config)  # (B, C, H, W) each
             rows = parallel.share(len(x))
             local = len(first[rows])
             z = head(backbone(torch.cat([first[rows], second[rows]])))  # (2B/W, proj_dim)

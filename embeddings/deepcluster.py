@@ -8,10 +8,10 @@ The embedding is the final features, PCA-whitened to ``dim`` and L2-normalised.
 
 Chosen by the images' channels, as in the paper for colour photos: 3-channel images go through a
 fixed grey + Sobel filter (:class:`Sobel`, two gradient channels) before the conv net, so the
-clusters cannot form on colour alone, and train with the photo augmentations of
-:func:`embeddings.augment.config_for` (random resized crop, flip, colour jitter, grey); grey
-images (strokes) keep their pixels and a light version of the stroke set. k is capped by the
-data (:meth:`DeepClusterEncoder.clusters_for`): at most one cluster per 10 training images.
+clusters cannot form on colour alone. The augmentations follow the pixels
+(:func:`embeddings.augment.config_for`): photos get random resized crop, flip, colour jitter and
+grey; line drawings a light version of the stroke set. k is capped by the data
+(:meth:`DeepClusterEncoder.clusters_for`): at most one cluster per 10 training images.
 """
 
 from __future__ import annotations
@@ -82,12 +82,13 @@ class DeepClusterEncoder(TorchEncoder):
     """DeepCluster on a conv4 backbone.
 
     Hyper-parameters: ``dim`` PCA dimensions of the embedding, ``features`` channels of the last conv
-    block (>= dim), ``width`` / ``depth`` of the other blocks, ``clusters`` k of k-means (the paper's
-    500; capped at one cluster per 10 training images, see :meth:`clusters_for`), SGD with
-    momentum at ``lr`` and ``weight_decay``, ``epochs`` cluster-then-train rounds (``quick``: 3
-    instead of 10 when ``epochs`` is not given), ``augment``: augmentation of the training images
-    (the photo set for 3 channels, a light stroke set otherwise). Learned: ``backbone_`` (Sobel
-    front for 3 channels, then the conv net), ``clusters_`` (the k used), ``pca_mean_`` (F,),
+    block (>= dim; by default twice ``dim`` and at least 128, so the PCA reduces as in the paper),
+    ``width`` / ``depth`` of the other blocks, ``clusters`` k of k-means (the paper's 500; capped at
+    one cluster per 10 training images, see :meth:`clusters_for`), SGD with momentum at ``lr`` and
+    ``weight_decay``, ``epochs`` cluster-then-train rounds (``quick``: 3 instead of 10 when
+    ``epochs`` is not given), ``augment``: augmentation of the training images (the photo set for
+    photos, a light stroke set for line drawings: :func:`augment_config`). Learned: ``backbone_``
+    (Sobel front for 3 channels, then the conv net), ``clusters_`` (the k used), ``pca_mean_`` (F,),
     ``pca_components_`` (dim, F), ``pca_scale_`` (dim,), ``losses_`` (mean classification loss per epoch).
     """
 
@@ -99,7 +100,7 @@ class DeepClusterEncoder(TorchEncoder):
     positive_params = ("dim", "features", "width", "depth", "clusters", "epochs", "batch_size", "lr")
 
     dim: int = 64
-    features: int = 128
+    features: int | None = None
     width: int = 64
     depth: int = 4
     clusters: int = 500
@@ -109,10 +110,16 @@ class DeepClusterEncoder(TorchEncoder):
 
     def check_params(self) -> None:
         super().check_params()
-        if self.dim > self.features:
-            raise CactusError(f"--dim {self.dim}: DeepCluster's PCA keeps at most the {self.features} conv features")
+        if self.dim > self.feature_channels:
+            raise CactusError(f"--dim {self.dim}: DeepCluster's PCA keeps at most the {self.feature_channels} conv "
+                              "features")
         if self.clusters < 2:
             raise CactusError(f"--clusters {self.clusters}: DeepCluster needs at least 2 clusters")
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the last conv block: ``features``, else max(128, 2 * dim)."""
+        return self.features if self.features is not None else max(128, 2 * self.dim)
 
     def clusters_for(self, n_images: int) -> int:
         """k for ``n_images`` training images: ``clusters``, at most n // 10 (10 images a cluster), at least 2."""
@@ -130,9 +137,10 @@ class DeepClusterEncoder(TorchEncoder):
 
         channels = image_shape[-1]
         if self.uses_sobel(channels):
-            self.backbone_ = nn.Sequential(sobel_module(), conv_backbone(2, self.width, self.features, self.depth))
+            self.backbone_ = nn.Sequential(sobel_module(), conv_backbone(2, self.width, self.feature_channels,
+                                                                         self.depth))
         else:
-            self.backbone_ = conv_backbone(channels, self.width, self.features, self.depth)
+            self.backbone_ = conv_backbone(channels, self.width, self.feature_channels, self.depth)
 
     def _check_fit_images(self, images: np.ndarray) -> None:
         if len(images) < 2:
@@ -174,7 +182,7 @@ class DeepClusterEncoder(TorchEncoder):
         self.pca_mean_ = np.asarray(state["pca_mean"], dtype=np.float32)
         self.pca_components_ = np.asarray(state["pca_components"], dtype=np.float32)
         self.pca_scale_ = np.asarray(state["pca_scale"], dtype=np.float32)
-        if self.pca_components_.shape != (self.dim, self.features):
+        if self.pca_components_.shape != (self.dim, self.feature_channels):
             raise CactusError("deepcluster encoder: stored PCA does not match --dim")
 
 
@@ -209,7 +217,7 @@ class _Rounds:
         from torch import nn
 
         enc = self.encoder
-        self.head = nn.Linear(enc.features, enc.clusters_).to(enc.device_)
+        self.head = nn.Linear(enc.feature_channels, enc.clusters_).to(enc.device_)
         self.head_optimiser = torch.optim.SGD(self.head.parameters(), lr=enc.lr, momentum=0.9)
 
     def save(self) -> dict:
@@ -234,7 +242,7 @@ class _Rounds:
         from embeddings.train_utils import to_tensor
 
         enc = self.encoder
-        config = augment_config(self.images.shape[-1])
+        config = augment_config(self.images)
 
         def step(positions: np.ndarray) -> float:
             rows = self.order[positions]
@@ -253,14 +261,16 @@ class _Rounds:
         return step
 
 
-def augment_config(channels: int):
-    """DeepCluster's augmentations for ``channels``: the photo set of :func:`embeddings.augment.config_for`
-    for colour, a light version of the stroke set otherwise (no cutout, half the warps)."""
+def augment_config(images: np.ndarray):
+    """DeepCluster's augmentations for images (N, H, W, C) uint8: the photo set of
+    :func:`embeddings.augment.config_for` for photos, a light version of the stroke set for line
+    drawings (no cutout, half the warps)."""
     from dataclasses import replace
 
-    from embeddings.augment import AugmentConfig, config_for
+    from embeddings.augment import AugmentConfig
+    from embeddings.train_utils import augmentations_for
 
-    config = config_for(channels)
+    config = augmentations_for(images, "deepcluster")
     if isinstance(config, AugmentConfig):
         config = replace(config, rotation_deg=10, scale=(0.85, 1.15), shear=0.15, translate=0.1, elastic=0.03,
                          p_dilate=0.15, p_erode=0.05, p_cutout=0.0)

@@ -247,6 +247,16 @@ def conv_backbone(in_channels: int, width: int = 64, out_channels: int | None = 
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
+def augmentations_for(images: np.ndarray, encoder: str):
+    """The augmentation set that suits images (N, H, W, C) uint8 (:func:`embeddings.augment.config_for`), logged."""
+    from embeddings.augment import config_for, describe, extreme_fraction
+
+    config = config_for(images)
+    log.info(f"{encoder}: {describe(config)} augmentations ({extreme_fraction(images):.0%} of pixel values at "
+             "black or white)")
+    return config
+
+
 def recompute_batchnorm(module, images: np.ndarray, batch_size: int = 256, device=None) -> None:
     """Set every BatchNorm's running mean/var to the exact average over ``images`` (N, H, W, C) uint8.
 

@@ -1,7 +1,10 @@
-"""Augmentations follow the channels: photos get SimCLR's set, strokes keep theirs, both seeded."""
+"""Augmentations follow the pixels: photos (colour or grey) get SimCLR's set, line drawings keep theirs, both seeded."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -26,13 +29,42 @@ def _photos(batch: int = 8, size: int = 24) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=_seeded(5)).clamp(0.05, 0.95)
 
 
-def test_the_set_is_chosen_by_channels():
-    assert isinstance(config_for(3), NaturalAugmentConfig)
-    assert config_for(1) == AugmentConfig()
+MINIIMAGENET_TEST = Path.home() / ".cache" / "cactus" / "data" / "miniimagenet" / "test"
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) float in [0, 1] -> (B, H, W, C) uint8."""
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def test_line_drawings_get_the_stroke_set_in_grey_and_in_colour(omniglot):
+    from cactus.datasets.dataset import load_dataset
+
+    strokes = omniglot.images[:3000]
+    assert isinstance(config_for(strokes), AugmentConfig)
+    assert isinstance(config_for(load_dataset("digits").images), AugmentConfig)
+    assert isinstance(config_for(np.repeat(strokes, 3, axis=-1)), AugmentConfig)  # drawn in colour: still strokes
+
+
+def test_photos_get_the_photo_set_in_colour_and_in_grey():
     x = _photos()
-    chosen = augment(x, _seeded(0))
-    assert torch.equal(chosen, augment(x, _seeded(0), NaturalAugmentConfig()))
-    assert not torch.allclose(chosen, stroke_augment(x, _seeded(0), AugmentConfig()))
+    assert isinstance(config_for(_as_uint8(x)), NaturalAugmentConfig)
+    grey = x.mean(dim=1, keepdim=True)
+    assert isinstance(config_for(_as_uint8(grey)), NaturalAugmentConfig)
+    chosen = augment(grey, _seeded(0))  # without a config, the batch's own pixels decide
+    assert torch.equal(chosen, augment(grey, _seeded(0), NaturalAugmentConfig()))
+    assert not torch.allclose(chosen, stroke_augment(grey, _seeded(0), AugmentConfig()))
+
+
+@pytest.mark.skipif(not MINIIMAGENET_TEST.is_dir(), reason=f"miniImageNet is not built at {MINIIMAGENET_TEST.parent}")
+def test_real_photos_get_the_photo_set_in_colour_and_in_grey():
+    from PIL import Image
+
+    files = sorted(MINIIMAGENET_TEST.glob("*/*.jpg"))[::120][:100]
+    colour = np.stack([np.asarray(Image.open(f).convert("RGB").resize((28, 28))) for f in files])
+    grey = np.stack([np.asarray(Image.open(f).convert("L").resize((28, 28))) for f in files])[..., None]
+    assert isinstance(config_for(colour), NaturalAugmentConfig)
+    assert isinstance(config_for(grey), NaturalAugmentConfig)
 
 
 def test_photo_views_keep_shape_and_range_and_follow_the_generator():
@@ -101,7 +133,7 @@ def test_random_greyscale_puts_the_luma_in_every_channel():
 def test_the_stroke_set_is_unchanged_for_one_channel():
     """The values the stroke set gave before the photo set existed (seeded input and generator)."""
     x = torch.rand(5, 1, 20, 20, generator=_seeded(11))
-    y = augment(x, _seeded(7))
+    y = augment(x, _seeded(7), AugmentConfig())
     assert torch.equal(y, stroke_augment(x, _seeded(7), AugmentConfig()))
     assert float(y.sum()) == pytest.approx(1120.5108642578125, rel=1e-5)
     weighted = (y * torch.arange(400, dtype=torch.float32).view(1, 1, 20, 20)).sum()

@@ -53,9 +53,11 @@ def test_contrastive_learns_on_omniglot():
     assert result["accuracy"] > 35.0  # chance is 20%
 
 
-@pytest.mark.parametrize("channels, expected", [(3, "natural_augment"), (1, "stroke_augment")])
-def test_fit_uses_the_augmentations_of_the_images_channels(monkeypatch, channels, expected):
-    """Colour images train with the photo set (crop, flip, jitter, grey), grey ones with the stroke set."""
+@pytest.mark.parametrize("channels, drawn, expected", [(3, False, "natural_augment"), (1, False, "natural_augment"),
+                                                       (1, True, "stroke_augment"), (3, True, "stroke_augment")])
+def test_fit_uses_the_augmentations_that_suit_the_pixels(monkeypatch, channels, drawn, expected):
+    """Photos train with the photo set (crop, flip, jitter, grey), line drawings with the stroke set,
+    whatever their channels."""
     import embeddings.augment as augment_module
     from embeddings.contrastive import ContrastiveEncoder
 
@@ -65,5 +67,7 @@ def test_fit_uses_the_augmentations_of_the_images_channels(monkeypatch, channels
         monkeypatch.setattr(augment_module, name,
                             lambda x, g, c, _name=name, _f=original: calls.append(_name) or _f(x, g, c))
     images = np.random.default_rng(0).integers(0, 256, (16, 12, 12, channels), dtype=np.uint8)
+    if drawn:  # ink on paper
+        images = np.where(images > 200, 255, 0).astype(np.uint8)
     ContrastiveEncoder(width=4, dim=8, proj_dim=4, epochs=1, batch_size=8, device="cpu", threads=1).fit(images)
     assert calls and set(calls) == {expected}

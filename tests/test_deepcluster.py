@@ -90,7 +90,7 @@ def _tiny_fit(images, **options):
 
 def test_rgb_goes_through_sobel_so_colour_alone_changes_nothing():
     """On RGB the net sees only grey gradients: permuting the colour channels keeps the embedding."""
-    from embeddings.augment import NaturalAugmentConfig
+    from embeddings.augment import AugmentConfig, NaturalAugmentConfig
     from embeddings.deepcluster import augment_config
 
     images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
@@ -98,9 +98,14 @@ def test_rgb_goes_through_sobel_so_colour_alone_changes_nothing():
     assert type(encoder.backbone_[0]).__name__ == "Sobel"
     assert _first_conv(encoder.backbone_).in_channels == 2  # the first conv takes the two gradients
     np.testing.assert_allclose(encoder.transform(images[:, :, :, ::-1].copy()), encoder.transform(images), atol=1e-5)
-    assert isinstance(augment_config(3), NaturalAugmentConfig)
+    assert isinstance(augment_config(images), NaturalAugmentConfig)
     grey = _tiny_fit(images[..., :1])
-    assert _first_conv(grey.backbone_).in_channels == 1 and not isinstance(augment_config(1), NaturalAugmentConfig)
+    assert _first_conv(grey.backbone_).in_channels == 1 and isinstance(augment_config(images[..., :1]),
+                                                                       NaturalAugmentConfig)  # grey photos
+    drawings = np.where(images[..., :1] > 200, 255, 0).astype(np.uint8)  # ink on paper
+    light = augment_config(drawings)
+    assert isinstance(light, AugmentConfig) and light.p_cutout == 0
+    assert light.rotation_deg < AugmentConfig().rotation_deg
 
 
 def test_k_is_capped_by_the_number_of_training_images(tmp_path):

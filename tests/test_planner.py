@@ -173,6 +173,30 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_dry_run_refuses_an_encoder_setting_the_run_would_fail_on(tmp_path):
+    """The planned encoder is built (not trained) before the dry run answers: no half-hour run dies at embed."""
+    out = tmp_path / "run"
+    result = run_cli("run", "--method", "learned-rule", "--batch-size", "1", "--dry-run", "--out-dir", str(out))
+    assert result.returncode == 1 and "--batch-size 1" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_dry_run_shows_a_given_option_not_the_planned_one():
+    result = run_cli("run", "--method", "contrastive", "--dim", "32", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    table = dict(line.split(None, 1) for line in result.stdout.splitlines() if not line.startswith("est."))
+    assert table["dim"].strip() == "32"
+
+
+def test_deepcluster_widens_its_last_block_for_a_wide_pca():
+    """The miniImageNet preset's 256-d PCA: the conv features default to twice dim (the PCA reduces)."""
+    from embeddings.deepcluster import DeepClusterEncoder
+
+    assert DeepClusterEncoder().feature_channels == 128
+    assert DeepClusterEncoder(dim=256).feature_channels == 512
+    assert DeepClusterEncoder(dim=32, features=64).feature_channels == 64
+
+
 def test_a_preset_with_a_time_budget_is_a_one_line_error(tmp_path):
     result = run_cli("run", "--preset", "cactus-omniglot", "--budget", "45m", "--out-dir", str(tmp_path))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1

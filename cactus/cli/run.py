@@ -117,6 +117,7 @@ def plan_run(ctx: click.Context, values: dict, dataset, budget_text: str, starte
         spent = max(process_seconds(), time.monotonic() - started)
         planned = plan(shape, budget, speed, given, threads, device, spent, values["eval_tasks"])
     fill_defaults(ctx, values, planned.values, "the planner")
+    planned.values.update({name: values[name] for name in planned.values})  # a given option wins: show it
     return planned
 
 
@@ -161,6 +162,13 @@ def widest_ways(dataset, ways: int = 20) -> tuple[int, ...]:
 
     classes = len(np.unique(dataset.true_labels()[dataset.indices(TEST)]))
     return (5, min(ways, classes)) if classes > 5 else (5,)
+
+
+def check_encoder(embed) -> None:
+    """Build the planned encoder once (no training), so an option it cannot use is refused before any stage."""
+    from embeddings import encoder_class
+
+    encoder_class(embed.method).from_params(embed.encoder_options())
 
 
 def resolve(values: dict[str, Any], pixels: int) -> dict[str, Any]:
@@ -247,6 +255,8 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
     device = device_name(v["device"])
     recipe = f"preset {preset} ({budget})" if preset else planned.summary()
     log.info(f"run: {recipe}; {v['threads']} threads ({threads_from}), device {device}")
+    check_encoder(resolve({k: x for k, x in v.items() if k != "init_from_encoder"},
+                          int(dataset.images[0].size))["embed"])  # a bad setting fails now, not after loading
     if dry_run:
         click.echo(planned.table() if planned else f"preset {preset} ({budget}): "
                    + ", ".join(f"{k}={v[k]}" for k in sorted(preset_values(preset, budget)) if k in v))

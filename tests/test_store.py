@@ -142,3 +142,95 @@ def test_the_cli_speaks_even_after_a_library_reconfigured_logging(tmp_path):
     finally:
         log.set_verbosity(1)
     assert result.exit_code == 0 and "cactus: embed: fitting pca" in result.stderr
+
+
+def test_a_row_stream_is_written_block_by_block_without_holding_the_array(tmp_path):
+    """20 MB of rows in 1 MB blocks: the same file content as the whole array, at a fraction of its memory."""
+    import tracemalloc
+
+    from cactus.core.store import RowStream
+
+    rows, width, step = 20_000, 256, 1_000
+
+    def block(start: int) -> np.ndarray:
+        return np.random.default_rng(start).random((step, width), dtype=np.float32)
+
+    def blocks():
+        for start in range(0, rows, step):
+            yield slice(start, start + step), block(start)
+
+    tracemalloc.start()
+    write_artifact(tmp_path / "s.h5", "embed", {}, [INPUT_KEY],
+                   {"embeddings": RowStream((rows, width), np.dtype(np.float32), blocks)})
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < rows * width * 4 / 4  # the whole array is 20.5 MB
+    stored = read_artifact(tmp_path / "s.h5", stage="embed").array("embeddings")
+    assert stored.shape == (rows, width) and np.array_equal(stored[3_000:4_000], block(3_000))
+
+
+def test_a_failing_row_stream_leaves_no_artifact(tmp_path):
+    from cactus.core.store import RowStream
+
+    def blocks():
+        yield slice(0, 10), np.zeros((10, 4), np.float32)
+        raise CactusError("--method x: the encoder produced NaN or infinite embeddings")
+
+    with pytest.raises(CactusError, match="NaN or infinite"):
+        write_artifact(tmp_path / "s.h5", "embed", {}, [INPUT_KEY],
+                       {"embeddings": RowStream((20, 4), np.dtype(np.float32), blocks)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_embed_stage_checks_every_block_it_writes(tmp_path):
+    """A NaN in the last chunk (after earlier chunks were written) stops the write: no artifact."""
+    from cactus.stages.embed import embedding_rows
+
+    class Encoder:
+        name = "fake"
+
+        def transform(self, images: np.ndarray) -> np.ndarray:
+            out = images.reshape(len(images), -1).astype(np.float32)
+            out[images[:, 0, 0, 0] == 9] = np.nan
+            return out
+
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    stream = embedding_rows(Encoder(), images, chunk=3)
+    assert stream.shape == (10, 1)
+    with pytest.raises(CactusError, match="fake: the encoder produced NaN or infinite embeddings"):
+        write_artifact(tmp_path / "e.h5", "embed", {}, [INPUT_KEY], {"embeddings": stream})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_rows_reads_the_rows_asked_for_in_slabs(tmp_path, monkeypatch):
+    """A tenth of 16 MB of rows: equal to slicing the whole array, at a fraction of its memory."""
+    import tracemalloc
+
+    import cactus.core.store as store
+
+    monkeypatch.setattr(store, "VERIFY_SLAB_BYTES", 1 << 20)
+    table = np.random.default_rng(0).random((16_000, 256), dtype=np.float32)
+    write_artifact(tmp_path / "e.h5", "embed", {}, [INPUT_KEY],
+                   {"embeddings": table, "split": np.zeros(len(table), np.int8)})
+    header = read_artifact(tmp_path / "e.h5", unread=("embeddings",))
+    assert "embeddings" not in header.arrays and header.layout["embeddings"].shape == table.shape
+    rows = np.sort(np.random.default_rng(1).choice(len(table), 1_600, replace=False))
+    tracemalloc.start()
+    got = store.read_rows(header, "embeddings", rows)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert np.array_equal(got, table[rows])
+    assert peak < table.nbytes / 4
+
+
+def test_read_rows_refuses_nan_among_the_rows(tmp_path):
+    from cactus.core.store import read_rows
+
+    table = np.zeros((50, 4), np.float32)
+    table[40, 2] = np.inf
+    path = tmp_path / "e.h5"
+    write_artifact(path, "embed", {}, [INPUT_KEY], {"embeddings": table, "split": np.zeros(50, np.int8)})
+    header = read_artifact(path, unread=("embeddings",))
+    assert read_rows(header, "embeddings", np.arange(10)).shape == (10, 4)
+    with pytest.raises(CactusError, match=r"e\.h5: corrupt artifact \(/embeddings contains NaN"):
+        read_rows(header, "embeddings", np.array([3, 40]))

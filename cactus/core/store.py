@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,15 +80,35 @@ class Artifact:
 # ---- writing ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RowStream:
+    """An array written block by block, never whole in memory: ``blocks()`` yields (rows, array) in order.
+
+    shape: (N, ...) of the whole array; each block is (n, ...) for its ``rows`` slice; together
+    they cover every row. An exception from ``blocks()`` aborts the write like any other failure.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    blocks: Callable[[], Iterator[tuple[slice, np.ndarray]]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
 def write_artifact(
     path: str | Path,
     stage: str,
     config: dict[str, Any],
     inputs: list[str],
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray | RowStream],
     attrs: dict[str, Any] | None = None,
 ) -> str:
     """Write an artifact atomically (temporary file in the same folder, then rename); returns its key.
+
+    An array given as a :class:`RowStream` is written block by block (an (N, D) embedding need
+    not be held whole: 60,000 raw 84x84x3 images are 5 GB of float32).
 
     ``attrs`` holds extra JSON-able metadata (a training curve, a dataset description...). What is at
     ``path`` must be replaceable by a ``stage`` artifact (:func:`cactus.core.overwrite.check_output_path`);
@@ -107,7 +128,7 @@ def write_artifact(
     return key
 
 
-def _fill(out, stage: str, config: dict, key: str, inputs: list[str], arrays: dict[str, np.ndarray],
+def _fill(out, stage: str, config: dict, key: str, inputs: list[str], arrays: dict[str, np.ndarray | RowStream],
           attrs: dict[str, Any]) -> None:
     out.attrs["format"] = FORMAT
     out.attrs["stage"] = stage
@@ -119,24 +140,31 @@ def _fill(out, stage: str, config: dict, key: str, inputs: list[str], arrays: di
     for name, value in attrs.items():
         out.attrs[f"x_{name}"] = json.dumps(value, sort_keys=True)
     for name, value in arrays.items():
-        value = np.asarray(value)
+        value = value if isinstance(value, RowStream) else np.asarray(value)
         options: dict[str, Any] = {}
-        if value.ndim > 0:  # a scalar cannot be chunked, so it carries no checksum
+        if len(value.shape) > 0:  # a scalar cannot be chunked, so it carries no checksum
             options = {"chunks": True, "fletcher32": True}
             if value.nbytes > COMPRESS_ABOVE_BYTES:
                 options.update(compression="gzip", compression_opts=4, shuffle=True)
-        out.create_dataset(name, data=value, **options)
+        if isinstance(value, RowStream):
+            dataset = out.create_dataset(name, shape=value.shape, dtype=value.dtype, **options)
+            for rows, block in value.blocks():
+                dataset[rows] = block
+        else:
+            out.create_dataset(name, data=value, **options)
 
 
 # ---- reading ----------------------------------------------------------------------------------------
 
 
-def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = True) -> Artifact:
+def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = True,
+                  unread: tuple[str, ...] = ()) -> Artifact:
     """Read an artifact; a missing, corrupt or foreign file raises CactusError naming the path.
 
     ``arrays=False`` reads the header and the layout of every dataset, never their data; with a
     ``stage`` (a stage about to use the artifact, perhaps streaming its data) the layout is checked
-    too, without ``stage`` (``cactus info``) it is shown as declared.
+    too, without ``stage`` (``cactus info``) it is shown as declared. ``unread``: arrays left in the
+    file (shapes checked), for :func:`read_rows` to read the rows it needs.
     """
     import h5py
 
@@ -148,13 +176,15 @@ def read_artifact(path: str | Path, stage: str | None = None, arrays: bool = Tru
             if arrays or stage is not None:  # before anything is allocated
                 check_layout(path, artifact.stage, artifact.config, artifact.layout, in_memory=arrays)
             if arrays:
-                artifact.arrays = {name: _read_dataset(source[name], path, name) for name in artifact.layout}
+                artifact.arrays = {name: _read_dataset(source[name], path, name) for name in artifact.layout
+                                   if name not in unread}
     except CactusError:
         raise
     except READ_ERRORS as error:
         raise CactusError(f"{path}: corrupt or unreadable artifact ({_reason(error)})") from None
     if arrays:
-        check_arrays(path, artifact.stage, artifact.config, artifact.arrays)  # shapes, dtypes, ranges, NaN
+        check_arrays(path, artifact.stage, artifact.config, artifact.arrays,  # shapes, dtypes, ranges, NaN
+                     {name: artifact.layout[name] for name in unread if name in artifact.layout})
     log.debug(f"store: read {path} ({artifact.stage}, {len(artifact.layout)} arrays"
               f"{'' if arrays else ', header only'})")
     return artifact
@@ -218,6 +248,32 @@ def _read_dataset(dataset, path: Path, name: str, where: slice = slice(None)) ->
     except READ_ERRORS as error:
         what = "a data chunk fails its checksum" if dataset.fletcher32 else f"data unreadable: {_reason(error)}"
         raise CactusError(f"{path}: corrupt artifact (/{name}: {what})") from None
+
+
+def read_rows(artifact: Artifact, name: str, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (increasing indices) of the 2-D float array ``name``, read in slabs of about
+    ``VERIFY_SLAB_BYTES``: memory for the rows asked for, not the whole array. A NaN or infinite value
+    among them, or a chunk failing its checksum, is a CactusError naming the file."""
+    import h5py
+
+    path, spec = artifact.path, artifact.layout[name]
+    step = max(1, VERIFY_SLAB_BYTES // max(1, spec.nbytes // max(1, spec.shape[0])))
+    out = np.empty((len(rows), *spec.shape[1:]), dtype=spec.dtype)
+    try:
+        with h5py.File(path, "r") as source:
+            for start in range(0, spec.shape[0], step):
+                first, last = np.searchsorted(rows, [start, start + step])
+                if first == last:
+                    continue
+                slab = _read_dataset(source[name], path, name, slice(start, start + step))
+                out[first:last] = slab[rows[first:last] - start]
+    except CactusError:
+        raise
+    except READ_ERRORS as error:
+        raise CactusError(f"{path}: corrupt or unreadable artifact ({_reason(error)})") from None
+    if not np.isfinite(out).all():
+        raise CactusError(f"{path}: corrupt artifact (/{name} contains NaN or infinite values)")
+    return out
 
 
 def verify_content(artifact: Artifact) -> None:

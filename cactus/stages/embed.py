@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from cactus.core import log
 from cactus.core.errors import CactusError
-from cactus.core.store import read_artifact, write_artifact
+from cactus.core.store import RowStream, read_artifact, write_artifact
 from cactus.core.training import CheckpointPolicy, checkpoint_path
 from cactus.stages.common import DataRef, StageResult, torch_threads, up_to_date
 from cactus.stages.configs import EmbedConfig
@@ -86,9 +87,7 @@ def run_embed(
         fit_seconds = time.monotonic() - fit_start
     if not world.is_main:  # rank 0 embeds and writes the artifact
         return StageResult(STAGE, out, key, False, time.monotonic() - started, {"rank": world.rank})
-    embeddings = embed_all(encoder, dataset.images)
-    if not np.isfinite(embeddings).all():
-        raise CactusError(f"--method {encoder.name}: the encoder produced NaN or infinite embeddings")
+    embeddings = embedding_rows(encoder, dataset.images)  # written block by block, never whole in memory
     arrays = {"embeddings": embeddings, "split": dataset.split}
     arrays.update({f"encoder/{name}": value for name, value in encoder.get_state().items()})
     history = getattr(encoder, "history_", None) or (
@@ -99,7 +98,7 @@ def run_embed(
         attrs["history"] = history
     key = write_artifact(out, STAGE, config, inputs, arrays, attrs)
     checkpoint_path(out).unlink(missing_ok=True)
-    summary = {"method": encoder.name, "dim": int(embeddings.shape[1]), "images": int(len(embeddings)),
+    summary = {"method": encoder.name, "dim": int(embeddings.shape[1]), "images": int(embeddings.shape[0]),
                "fit_seconds": round(fit_seconds, 2)}
     return StageResult(STAGE, out, key, False, time.monotonic() - started, summary)
 
@@ -126,15 +125,30 @@ def _join_world(encoder, reuses_encoder: bool):
     return world
 
 
-def embed_all(encoder, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Transform every dataset image (N, H, W, C) in chunks -> (N, D) float32."""
-    parts = []
-    for start in range(0, len(images), chunk):
-        stop = min(start + chunk, len(images))
+def embedding_rows(encoder, images: np.ndarray, chunk: int = 4096) -> RowStream:
+    """Every dataset image (N, H, W, C) transformed in chunks of ``chunk``: an (N, D) float32 :class:`RowStream`.
+
+    The first chunk is embedded now (it gives D); the rest as the artifact is written, so peak memory
+    is one chunk's embeddings, not N x D. A NaN or infinite embedding stops the write with a CactusError.
+    """
+
+    def transform(start: int) -> tuple[slice, np.ndarray]:
+        rows = slice(start, min(start + chunk, len(images)))
         if hasattr(encoder, "transform_rows"):
-            encoder.transform_rows(np.arange(start, stop), dataset_size=len(images))
-        parts.append(encoder.transform(images[start:stop]))
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+            encoder.transform_rows(np.arange(rows.start, rows.stop), dataset_size=len(images))
+        block = np.ascontiguousarray(encoder.transform(images[rows]), dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise CactusError(f"--method {encoder.name}: the encoder produced NaN or infinite embeddings")
+        return rows, block
+
+    first = transform(0)
+
+    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+        yield first
+        for start in range(chunk, len(images), chunk):
+            yield transform(start)
+
+    return RowStream((len(images), first[1].shape[1]), np.dtype(np.float32), blocks)
 
 
 def file_digest(path: Path) -> str:

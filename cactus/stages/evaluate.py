@@ -16,7 +16,7 @@ import numpy as np
 
 from cactus.core.artifact_checks import check_rows
 from cactus.core.errors import CactusError
-from cactus.core.store import read_artifact
+from cactus.core.store import read_artifact, read_rows
 from cactus.datasets.dataset import TEST
 from cactus.evaluation.baselines import (
     EMBEDDING_LEARNERS,
@@ -78,7 +78,9 @@ def evaluate_stage(artifact_path: Path, settings: EvaluateConfig, embeddings_pat
     """
     started = time.monotonic()
     s = settings
-    artifact = read_artifact(artifact_path)
+    header = read_artifact(artifact_path, arrays=False)
+    # an embedding is read for its test rows only: raw 84x84x3 pixels of 60,000 images are 5 GB
+    artifact = read_artifact(artifact_path, unread=("embeddings",) if header.stage == "embed" else ())
     learner = _choose_learner(artifact, s.learner)
     dataset = data_of(artifact).load()
     check_fingerprint(artifact, dataset)
@@ -91,22 +93,29 @@ def evaluate_stage(artifact_path: Path, settings: EvaluateConfig, embeddings_pat
         if len(rows) == 0:
             raise CactusError(f"--data {dataset.spec}: the split has no test classes to evaluate on")
         labels = dataset.true_labels()[rows]
+        test_embeddings = _test_embeddings(artifact, dataset, rows) if artifact.stage == "embed" else None
         report["results"] = [
             _one_setting(artifact, learner, dataset, rows, labels, n_way, k_shot, s.queries, s.num_tasks, s.seed,
-                         s.device, s.threads, embeddings_path)
+                         s.device, s.threads, embeddings_path, test_embeddings)
             for n_way in s.ways for k_shot in s.shots
         ]
     report["seconds"] = round(time.monotonic() - started, 2)
     return report
 
 
+def _test_embeddings(artifact, dataset, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), D) embeddings of the test rows (increasing dataset indices), read in slabs."""
+    if "embeddings" not in artifact.layout:
+        raise CactusError(f"{artifact.path}: embed artifact has no array 'embeddings'")
+    if artifact.layout["embeddings"].shape[0] != len(dataset):
+        raise CactusError(f"{artifact.path}: embeddings do not cover the {len(dataset)} images")
+    return read_rows(artifact, "embeddings", rows)
+
+
 def _one_setting(artifact, learner, dataset, rows, labels, ways, shots, queries, num_tasks, seed, device, threads,
-                 embeddings_path) -> dict:
+                 embeddings_path, test_embeddings: np.ndarray | None = None) -> dict:
     if artifact.stage == "embed":
-        embeddings = artifact.array("embeddings")
-        if embeddings.shape[0] != len(dataset) or not np.isfinite(embeddings[rows]).all():
-            raise CactusError(f"{artifact.path}: embeddings do not cover the {len(dataset)} images or hold NaN")
-        return evaluate_embedding(embeddings[rows], labels, learner, ways, shots, queries, num_tasks, seed)
+        return evaluate_embedding(test_embeddings, labels, learner, ways, shots, queries, num_tasks, seed)
     tasks = sample_tasks(labels[None], rows, ways, shots, queries, num_tasks, seed, "test split")
     if artifact.stage == "cluster":
         per_task = _cluster_matching(artifact, embeddings_path, tasks, seed)

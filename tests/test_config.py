@@ -271,3 +271,17 @@ def test_an_artifact_given_as_the_config_file_is_one_clear_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
     assert "not a TOML file" in lines[0] and "cactus run --config FILE.h5" in lines[0]
+
+
+def test_a_dataset_path_is_one_key_however_it_is_spelt(tmp_path, monkeypatch):
+    """~/d, ./d and the absolute path record the same reference, so a stage's cache is reused across spellings."""
+    from cactus.stages.common import DataRef
+
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    spellings = ["folder:~/data", "folder:./data", "folder:data", f"folder:{home}/data", "folder:~/x/../data"]
+    recorded = {DataRef(spec=spec).as_dict()["spec"] for spec in spellings}
+    assert recorded == {f"folder:{home}/data"}
+    assert DataRef(spec="digits").as_dict()["spec"] == "digits"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ class DataRef(Checked):
     grey: bool = option(False, "Convert colour images to one grey channel (ITU-R 601 luma).", kind=bool)
 
     def as_dict(self) -> dict[str, Any]:
-        ref = {"spec": self.spec, "image_size": self.image_size, "split": self.split, "split_seed": self.split_seed}
+        """The reference as recorded (and hashed into the keys): the path made absolute, so ``~/d``,
+        ``./d`` and ``/home/u/d`` are one dataset and a later stage run elsewhere still finds it."""
+        ref = {"spec": absolute_spec(self.spec), "image_size": self.image_size, "split": self.split,
+               "split_seed": self.split_seed}
         return {**ref, "grey": True} if self.grey else ref
 
     @classmethod
@@ -101,6 +105,12 @@ class DataRef(Checked):
         from cactus.datasets.dataset import load_dataset
 
         return load_dataset(self.spec, self.image_size, self.split, self.split_seed, self.grey)
+
+
+def absolute_spec(spec: str) -> str:
+    """``kind:PATH`` with PATH expanded (``~``) and made absolute; a spec without a path as it is."""
+    kind, sep, path = spec.partition(":")
+    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}" if sep and path else spec
 
 
 def data_of(artifact) -> DataRef:

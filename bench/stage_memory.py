@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--embeddings", required=True, help="an embed artifact of the dataset, for the cluster stage")
     parser.add_argument("--train-seconds", type=float, default=240.0)
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "stage_memory"))
+    parser.add_argument("--only", default=None, help="run only the stages whose name contains this text")
     args = parser.parse_args()
 
     out = Path(args.out_dir) / f"size{args.image_size}"
@@ -67,34 +68,35 @@ def main() -> None:
     log = out / "stderr.log"
     data = ["--data", args.data, "--image-size", str(args.image_size)]
     labels = ["--tasks-from", "labels", *data, "--iterations", "10", "--num-tasks", "200", "--validation", "none"]
-    rows = [
-        measure("embed: raw pixels (the floor)", ["embed", *data, "--method", "pixels", "-o", f"{out}/pixels.h5",
-                                                  "--force"], log=log),
-        measure("evaluate: raw-pixel 1-NN, 1000 tasks", ["evaluate", f"{out}/pixels.h5", "--learner", "knn", *SHOTS,
-                                                         "--num-tasks", "1000"], log=log),
-        measure("embed: contrastive (training)", ["embed", *data, "--method", "contrastive", "--dim", "128",
-                                                  "-o", f"{out}/contrastive.h5", "--force"], args.train_seconds, log),
-        measure("embed: deepcluster 256-d (training)", ["embed", *data, "--method", "deepcluster", "--dim", "256",
-                                                        "-o", f"{out}/deepcluster.h5", "--force"],
-                2 * args.train_seconds, log),
-        measure("cluster: k 500, P 100", ["cluster", args.embeddings, "-k", "500", "-p", "100",
-                                          "-o", f"{out}/partitions.h5", "--force"], log=log),
-        measure("tasks", ["tasks", f"{out}/partitions.h5", "-n", "20", "-k", "1", "-q", "15",
-                          "-o", f"{out}/tasks.h5", "--force"], log=log),
-        measure("meta: ProtoNets conv4-64, 20-way 1-shot 15q", ["meta", *labels, "--algo", "protonets",
-                                                                 "-n", "20", "-k", "1", "-q", "15",
-                                                                 "-o", f"{out}/protonets.h5", "--force"], log=log),
-        measure("meta: MAML conv4-32 pool, 5-way 1-shot 5q, batch 8", [
+    stages = [  # (name, cactus arguments[, seconds before SIGTERM])
+        ("embed: raw pixels (the floor)", ["embed", *data, "--method", "pixels", "-o", f"{out}/pixels.h5", "--force"]),
+        ("evaluate: raw-pixel 1-NN, 1000 tasks", ["evaluate", f"{out}/pixels.h5", "--learner", "knn", *SHOTS,
+                                                  "--num-tasks", "1000"]),
+        ("embed: contrastive (training)", ["embed", *data, "--method", "contrastive", "--dim", "128",
+                                           "-o", f"{out}/contrastive.h5", "--force"], args.train_seconds),
+        ("embed: deepcluster 256-d (training)", ["embed", *data, "--method", "deepcluster", "--dim", "256",
+                                                 "-o", f"{out}/deepcluster.h5", "--force"], 2 * args.train_seconds),
+        ("cluster: k 500, P 100", ["cluster", args.embeddings, "-k", "500", "-p", "100",
+                                   "-o", f"{out}/partitions.h5", "--force"]),
+        ("tasks", ["tasks", f"{out}/partitions.h5", "-n", "20", "-k", "1", "-q", "15", "-o", f"{out}/tasks.h5",
+                   "--force"]),
+        ("meta: ProtoNets conv4-64, 20-way 1-shot 15q", ["meta", *labels, "--algo", "protonets", "-n", "20", "-k",
+                                                          "1", "-q", "15", "-o", f"{out}/protonets.h5", "--force"]),
+        ("meta: MAML conv4-32 pool, 5-way 1-shot 5q, batch 8", [
             "meta", *labels, "--algo", "maml", "--filters", "32", "--downsample", "pool", "-n", "5", "-k", "1",
-            "-q", "5", "--meta-batch", "8", "-o", f"{out}/maml.h5", "--force"], log=log),
-        measure("evaluate: ProtoNets", ["evaluate", f"{out}/protonets.h5", *SHOTS, "--num-tasks", "100"], log=log),
-        measure("evaluate: MAML, 50 steps", ["evaluate", f"{out}/maml.h5", *SHOTS, "--num-tasks", "10"], log=log),
+            "-q", "5", "--meta-batch", "8", "-o", f"{out}/maml.h5", "--force"]),
+        ("evaluate: ProtoNets", ["evaluate", f"{out}/protonets.h5", *SHOTS, "--num-tasks", "100"]),
+        ("evaluate: MAML, 50 steps", ["evaluate", f"{out}/maml.h5", *SHOTS, "--num-tasks", "10"]),
     ]
+    rows = [measure(*stage, log=log) for stage in stages if args.only is None or args.only in stage[0]]
+    for row in rows:
+        row.update(date=time.strftime("%Y-%m-%d %H:%M"), load_average=[round(x, 1) for x in os.getloadavg()])
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[f"{args.data} @ {args.image_size}"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "stages": rows,
-                                                   "load_average": os.getloadavg()}
+    entry = results.setdefault(f"{args.data} @ {args.image_size}", {"stages": []})
+    measured = {row["stage"] for row in rows}  # a stage measured again replaces its row
+    entry["stages"] = [r for r in entry["stages"] if r["stage"] not in measured] + rows
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"peak over stages: {max(r['peak_rss_gb'] for r in rows)} GB", flush=True)
+    print(f"peak over these stages: {max(r['peak_rss_gb'] for r in rows)} GB", flush=True)
 
 
 if __name__ == "__main__":

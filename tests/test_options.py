@@ -126,6 +126,8 @@ def fake_stages(monkeypatch, tmp_path):
     monkeypatch.setattr(meta, "meta_stage", fake_meta)
     monkeypatch.setattr(evaluate, "evaluate_stage", fake_evaluate)
     monkeypatch.setattr(common.DataRef, "load", lambda self: SimpleNamespace(images=np.zeros((4, 8, 8, 1))))
+    # the real embed stage's check of its encoder's options (run --dry-run builds the encoder) goes with it
+    monkeypatch.setattr("cactus.cli.run.check_encoder", lambda embed: None)
     return got
 
 

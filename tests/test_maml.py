@@ -271,3 +271,23 @@ def test_image_columns_equal_unfold(downsample):
     expected = F.unfold(images.transpose(0, 1).reshape(5, 6, 11, 11), 3, 1, 1, conv.stride)
     assert (out_h, out_w) == ((6, 6) if downsample == "stride" else (11, 11))
     assert torch.equal(cols, expected.view(5, 3, 2 * 9, out_h * out_w))
+
+
+@pytest.mark.parametrize("size, shots, tasks_per_chunk", [(28, 1, 32), (28, 50, 3), (84, 1, 17), (84, 50, 1)])
+def test_predict_adapts_fewer_tasks_at_once_on_larger_images(monkeypatch, size, shots, tasks_per_chunk):
+    """The default chunk bounds support pixel positions, not images: 800 84x84 images held 5 GB in predict."""
+    from cactus.learners import maml_step
+
+    seen: list[int] = []
+    original = maml_step.detached_adapt
+
+    def recording(net, params, inner, sx, sy):
+        seen.append(len(sx))
+        return original(net, params, inner, sx, sy)
+
+    monkeypatch.setattr(maml_step, "detached_adapt", recording)
+    learner = MAML(3, size, 5, filters=2, test_inner_steps=1, seed=0)
+    tasks = 40
+    support_y = torch.arange(5).repeat_interleave(shots).repeat(tasks, 1)
+    learner.predict(torch.zeros(tasks, 5 * shots, 3, size, size), support_y, torch.zeros(tasks, 5, 3, size, size))
+    assert seen[0] == tasks_per_chunk and sum(seen) == tasks

@@ -27,6 +27,10 @@ CPU_QUERY_CHUNK = 2
 """Query sets scored per pass on a CPU by default (smaller query batches were both faster and smaller
 on a 2-core CPU; measure with ``python bench/maml_speed.py --variants folded,folded_qall,folded_q1``)."""
 
+# Support-image pixel positions adapted at once in predict: 800 images at 28x28. At 84x84 the former fixed 800
+# images held 5 GB of activations.
+PREDICT_POSITIONS = 800 * 28 * 28
+
 
 class MAML:
     """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss).
@@ -111,13 +115,15 @@ class MAML:
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         """Adapt ``test_inner_steps`` on each support set (first order); labels (B, N*Q) int64 for the queries.
 
-        Tasks run ``predict_chunk`` at a time to bound memory; by default as many as make about 800
-        support images (at most 32 tasks).
+        Tasks run ``predict_chunk`` at a time to bound memory; by default as many as make about
+        :data:`PREDICT_POSITIONS` support pixel positions (800 images at 28x28, 89 at 84x84; the
+        activations grow with each image's area) and at most 32 tasks.
         """
         self._check(support_y)
         inner = InnerLoop(self.test_inner_steps, self.inner_lrs, first_order=True)
         out = []
-        step = self.predict_chunk or max(1, min(32, 800 // support_x.shape[1]))
+        positions = support_x.shape[1] * support_x.shape[-2] * support_x.shape[-1]  # one task's support images
+        step = self.predict_chunk or max(1, min(32, PREDICT_POSITIONS // positions))
         for start in range(0, support_x.shape[0], step):
             chunk = slice(start, start + step)
             sx, sy, qx = (t[chunk].to(self.device) for t in (support_x, support_y, query_x))

@@ -86,7 +86,12 @@ def config_for(images: np.ndarray | torch.Tensor) -> AugmentConfig | NaturalAugm
     Line drawings (more than ``STROKES_ABOVE`` of the pixel values at black or white) get the
     stroke set, anything else the photo set, whatever the number of channels.
     """
-    return AugmentConfig() if extreme_fraction(images) > STROKES_ABOVE else NaturalAugmentConfig()
+    return config_for_fraction(extreme_fraction(images))
+
+
+def config_for_fraction(fraction: float) -> AugmentConfig | NaturalAugmentConfig:
+    """The set for images whose :func:`extreme_fraction` is ``fraction``."""
+    return AugmentConfig() if fraction > STROKES_ABOVE else NaturalAugmentConfig()
 
 
 def describe(config: AugmentConfig | NaturalAugmentConfig) -> str:

@@ -249,11 +249,11 @@ def conv_backbone(in_channels: int, width: int = 64, out_channels: int | None = 
 
 def augmentations_for(images: np.ndarray, encoder: str):
     """The augmentation set that suits images (N, H, W, C) uint8 (:func:`embeddings.augment.config_for`), logged."""
-    from embeddings.augment import config_for, describe, extreme_fraction
+    from embeddings.augment import config_for_fraction, describe, extreme_fraction
 
-    config = config_for(images)
-    log.info(f"{encoder}: {describe(config)} augmentations ({extreme_fraction(images):.0%} of pixel values at "
-             "black or white)")
+    fraction = extreme_fraction(images)
+    config = config_for_fraction(fraction)
+    log.info(f"{encoder}: {describe(config)} augmentations ({fraction:.0%} of pixel values at black or white)")
     return config
 
 

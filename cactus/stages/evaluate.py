@@ -78,9 +78,8 @@ def evaluate_stage(artifact_path: Path, settings: EvaluateConfig, embeddings_pat
     """
     started = time.monotonic()
     s = settings
-    header = read_artifact(artifact_path, arrays=False)
-    # an embedding is read for its test rows only: raw 84x84x3 pixels of 60,000 images are 5 GB
-    artifact = read_artifact(artifact_path, unread=("embeddings",) if header.stage == "embed" else ())
+    # an embedding is read for its test rows only (_test_embeddings): raw 84x84x3 pixels of 60,000 images are 5 GB
+    artifact = read_artifact(artifact_path, unread=("embeddings",))
     learner = _choose_learner(artifact, s.learner)
     dataset = data_of(artifact).load()
     check_fingerprint(artifact, dataset)

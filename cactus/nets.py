@@ -70,3 +70,30 @@ def images_to_tensor(images, device=None) -> torch.Tensor:
     """(..., H, W, C) uint8 numpy -> (..., C, H, W) float32 tensor in [0, 1]."""
     tensor = torch.as_tensor(images, device=device)
     return tensor.movedim(-1, -3).float().div_(255.0)
+
+
+def forward_flops(net: nn.Module, in_channels: int, image_size: int) -> int:
+    """FLOPs (2 per multiply-add) of the convolutions and linear layers for one image through ``net``.
+
+    Counted from the layers' output shapes in one forward pass of two blank (C, S, S) images (two: batch
+    norm needs more than one value per channel).
+    """
+    total = 0
+
+    def count(layer: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            total += per_output * output.numel()
+        elif isinstance(layer, nn.Linear):
+            total += layer.in_features * output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            param = next(net.parameters())
+            net(torch.zeros(2, in_channels, image_size, image_size, dtype=param.dtype, device=param.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

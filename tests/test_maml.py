@@ -76,6 +76,30 @@ def test_batched_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr,
         torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
 
 
+@pytest.mark.parametrize(
+    "first_order, learn_inner_lr", [(False, False), (True, False), (False, True), (True, True)],
+    ids=["second-order", "first-order", "meta-sgd", "meta-sgd-first-order"],
+)
+def test_per_task_channels_last_meta_gradient_equals_per_task_loop(first_order, learn_inner_lr):
+    """The task-by-task path (net's own modules, channels-last) gives the reference loop's meta-gradient."""
+    from cactus.learners.maml_per_task import per_task_meta_backward
+
+    learner = _float64_learner(first_order, learn_inner_lr)
+    batch = _random_batch(seed=4)
+    lrs = learner.inner_lrs
+    leaves = dict(learner.net.named_parameters())
+    if isinstance(lrs, dict):
+        leaves.update({f"inner_lr/{n}": t for n, t in lrs.items()})
+    losses, logits = per_task_meta_backward(learner.net, dict(learner.net.named_parameters()),
+                                            InnerLoop(3, lrs, first_order), TaskBatch(*batch), TASKS)
+    loss, expected = _reference(learner, batch, first_order)
+    assert logits.shape == (TASKS, WAYS * QUERIES, WAYS) and not logits.requires_grad
+    assert losses.mean().item() == pytest.approx(loss, rel=1e-10)
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad, expected[name], rtol=1e-7, atol=1e-10 * scale, msg=name)
+
+
 def test_first_order_differs_from_second_order():
     batch = TaskBatch(*_random_batch())
     grads = []
@@ -127,11 +151,12 @@ def test_predict_shape_dtype_and_adaptation(omniglot_tasks):
     assert (on_support == support_y).float().mean().item() > 0.6
 
 
+@pytest.mark.parametrize("per_task", [False, True], ids=["folded", "per-task"])
 @pytest.mark.parametrize("learn_inner_lr", [False, True], ids=["maml", "meta-sgd"])
-def test_predict_equals_adapting_each_task_alone(omniglot_tasks, learn_inner_lr):
+def test_predict_equals_adapting_each_task_alone(omniglot_tasks, learn_inner_lr, per_task):
     support_x, support_y, query_x, _ = (t[:4].double() if t.is_floating_point() else t[:4] for t in omniglot_tasks)
     learner = MAML(1, 28, 5, filters=8, test_inner_steps=5, inner_lr=0.4, seed=3, learn_inner_lr=learn_inner_lr,
-                   predict_chunk=3)
+                   predict_chunk=3, per_task=per_task)
     learner.net.double()
     if learn_inner_lr:
         g = torch.Generator().manual_seed(4)
@@ -291,3 +316,31 @@ def test_predict_adapts_fewer_tasks_at_once_on_larger_images(monkeypatch, size, 
     support_y = torch.arange(5).repeat_interleave(shots).repeat(tasks, 1)
     learner.predict(torch.zeros(tasks, 5 * shots, 3, size, size), support_y, torch.zeros(tasks, 5, 3, size, size))
     assert seen[0] == tasks_per_chunk and sum(seen) == tasks
+
+
+def test_per_task_and_folded_meta_steps_take_the_same_step():
+    batch = _random_batch(seed=6)
+    results = []
+    for per_task in (False, True):
+        learner = _float64_learner(False, True)
+        learner.per_task = per_task
+        results.append((learner.meta_step(*batch), learner.weights()))
+    (folded_stats, folded), (task_stats, per_task_weights) = results
+    assert task_stats["loss"] == pytest.approx(folded_stats["loss"], rel=1e-12)
+    assert task_stats["accuracy"] == pytest.approx(folded_stats["accuracy"])
+    for k, v in folded.items():
+        np.testing.assert_allclose(per_task_weights[k], v, rtol=1e-7, atol=1e-10, err_msg=k)
+
+
+def test_big_nets_run_task_by_task_on_a_cpu_and_small_ones_batched():
+    from cactus.learners.maml import PER_TASK_FLOPS, batching_does_not_pay
+    from cactus.nets import forward_flops
+
+    big, small = ConvNet(1, 28, 64, 5, "pool"), ConvNet(1, 28, 32, 5, "stride")
+    assert forward_flops(big, 1, 28) == 19_630_720  # 2 * 9*64 * (28^2 + 64 * (14^2 + 7^2 + 3^2)) + 2*64*5
+    assert forward_flops(big, 1, 28) > PER_TASK_FLOPS > forward_flops(small, 1, 28)
+    assert MAML(1, 28, 5, filters=64, downsample="pool").per_task
+    assert not MAML(1, 28, 5, filters=32, downsample="stride").per_task
+    assert not batching_does_not_pay(big, 1, 28, torch.device("cuda"))  # a GPU wants the batch
+    assert not MAML(1, 28, 5, filters=64, downsample="pool", per_task=False).per_task
+    assert not MAML(1, 28, 5, filters=64, downsample="pool", recompute=True).per_task  # a folded-path memory knob

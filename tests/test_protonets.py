@@ -95,3 +95,24 @@ def test_each_task_is_back_propagated_before_the_next_runs():
     assert len(grad_norms_seen) == TASKS
     assert grad_norms_seen[0] == 0.0 and all(n > 0 for n in grad_norms_seen[1:])
     assert grad_norms_seen[1] != grad_norms_seen[2]  # accumulating, task after task
+
+
+def test_the_channels_last_net_gives_the_plain_nchw_nets_gradient():
+    """The learner keeps its conv net channels-last for speed; the maths is that of the ordinary NCHW net."""
+    from cactus.nets import ConvNet
+
+    learner = _learner()
+    assert learner.net.features[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = ConvNet(1, SIZE, 6, None, "pool").double()
+    plain.load_state_dict(learner.net.state_dict())
+    assert plain.features[1][0].weight.is_contiguous()  # NCHW
+    learner_copy = copy.deepcopy(learner)
+    learner_copy.net = plain
+    batch = _batch(seed=5)
+    _, _, expected = _all_at_once(learner_copy, batch)
+    captured = {}
+    learner.optimiser.step = lambda *a, **k: captured.update({n: p.grad for n, p in learner.net.named_parameters()})
+    learner.meta_step(*batch)
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, grad in expected.items():
+        torch.testing.assert_close(captured[name], grad, rtol=1e-9, atol=1e-12 * scale, msg=name)

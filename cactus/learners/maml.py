@@ -18,8 +18,9 @@ from torch import nn
 
 from cactus.learners import maml_step
 from cactus.learners.folded_net import Params, folded_forward
+from cactus.learners.maml_per_task import per_task_meta_backward, per_task_predict
 from cactus.learners.maml_step import InnerLoop, TaskBatch
-from cactus.nets import ConvNet
+from cactus.nets import ConvNet, forward_flops
 
 LR_PREFIX = "inner_lr/"
 
@@ -32,6 +33,17 @@ on a 2-core CPU; measure with ``python bench/maml_speed.py --variants folded,fol
 PREDICT_POSITIONS = 800 * 28 * 28
 
 
+#: Forward FLOPs per image from which a CPU runs MAML's tasks one at a time (:mod:`cactus.learners.maml_per_task`)
+#: rather than all at once on the folded net: conv4-64 with max pooling at 28x28 (19.6 MFLOP) keeps the cores busy
+#: task by task, the CACTUs conv4-32 with strides (1.4 MFLOP) does not (BENCHMARKS.md, learn2learn side by side).
+PER_TASK_FLOPS = 8e6
+
+
+def batching_does_not_pay(net: ConvNet, in_channels: int, image_size: int, device: torch.device) -> bool:
+    """Whether MAML should run a task batch task by task: on a CPU, for a net of ``PER_TASK_FLOPS`` or more."""
+    return device.type == "cpu" and forward_flops(net, in_channels, image_size) >= PER_TASK_FLOPS
+
+
 class MAML:
     """Meta-learner: conv4 with an N-way head, meta-trained with MAML (Adam on the mean query loss).
 
@@ -40,7 +52,9 @@ class MAML:
     scores the query sets that many tasks at a time after running every inner loop together (None:
     :data:`CPU_QUERY_CHUNK` on a CPU, all at once on a GPU); ``recompute`` (second order) keeps one
     inner step's graph at a time and rebuilds each in the backward pass. ``predict_chunk``: tasks
-    adapted at a time in :meth:`predict`.
+    adapted at a time in :meth:`predict`. ``per_task``: run each task alone on the net itself,
+    channels-last (:mod:`~cactus.learners.maml_per_task`; one task's graph at a time, same meta-gradient);
+    None: when :func:`batching_does_not_pay` and no memory knob is given.
     """
 
     def __init__(
@@ -62,6 +76,7 @@ class MAML:
         task_chunk: int | None = None,
         query_chunk: int | None = None,
         recompute: bool = False,
+        per_task: bool | None = None,
     ) -> None:
         torch.manual_seed(seed)
         self.ways = ways
@@ -75,6 +90,10 @@ class MAML:
         self.recompute = recompute
         self.device = torch.device(device)
         self.net = ConvNet(in_channels, image_size, filters, ways, downsample).to(self.device)
+        if per_task is None:  # a memory knob asks for the folded path
+            knobs = task_chunk or query_chunk or recompute
+            per_task = not knobs and batching_does_not_pay(self.net, in_channels, image_size, self.device)
+        self.per_task = per_task
         self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
         trained = list(self.net.parameters())
         if learn_inner_lr:
@@ -104,8 +123,11 @@ class MAML:
         loss_sum, correct = 0.0, 0.0
         for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
             part = TaskBatch(*(t[start : start + chunk] for t in tensors))
-            losses, logits = maml_step.meta_backward(self.net, self._params(), inner, part, batch, query_chunk,
-                                                     self.recompute)
+            if self.per_task:
+                losses, logits = per_task_meta_backward(self.net, self._params(), inner, part, batch)
+            else:
+                losses, logits = maml_step.meta_backward(self.net, self._params(), inner, part, batch, query_chunk,
+                                                         self.recompute)
             loss_sum += losses.sum().item()
             correct += (logits.argmax(-1) == part.query_y).float().mean(1).sum().item()
         self.optimiser.step()
@@ -121,6 +143,9 @@ class MAML:
         """
         self._check(support_y)
         inner = InnerLoop(self.test_inner_steps, self.inner_lrs, first_order=True)
+        if self.per_task:
+            return per_task_predict(self.net, self._params(), inner, *(t.to(self.device) for t in
+                                                                       (support_x, support_y, query_x)))
         out = []
         positions = support_x.shape[1] * support_x.shape[-2] * support_x.shape[-1]  # one task's support images
         step = self.predict_chunk or max(1, min(32, PREDICT_POSITIONS // positions))

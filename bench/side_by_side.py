@@ -148,19 +148,9 @@ def cactus_side(name: str, options: dict):
 
 def forward_flops(filters: int, downsample: str, ways: int | None) -> int:
     """Conv + linear FLOPs (2 per multiply-add) of one 28x28x1 image through the conv4 (and head)."""
-    from cactus.nets import ConvNet
+    from cactus import nets
 
-    net = ConvNet(1, 28, filters, ways, downsample)
-    flops, side = 0, 28
-    for block in net.features:
-        conv = block[0]
-        side = (side + 2 - 3) // conv.stride[0] + 1
-        flops += 2 * conv.in_channels * conv.out_channels * 9 * side * side
-        if len(block) == 4:  # max pool
-            side //= 2
-    if net.head is not None:
-        flops += 2 * net.head.in_features * net.head.out_features
-    return flops
+    return nets.forward_flops(nets.ConvNet(1, 28, filters, ways, downsample), 1, 28)
 
 
 def step_gflop(name: str) -> float:

@@ -333,14 +333,20 @@ def test_per_task_and_folded_meta_steps_take_the_same_step():
 
 
 def test_big_nets_run_task_by_task_on_a_cpu_and_small_ones_batched():
-    from cactus.learners.maml import PER_TASK_FLOPS, batching_does_not_pay
+    from cactus.learners.maml import PER_TASK_FLOPS, PER_TASK_PREDICT_FLOPS, batching_does_not_pay
     from cactus.nets import forward_flops
 
     big, small = ConvNet(1, 28, 64, 5, "pool"), ConvNet(1, 28, 32, 5, "stride")
     assert forward_flops(big, 1, 28) == 19_630_720  # 2 * 9*64 * (28^2 + 64 * (14^2 + 7^2 + 3^2)) + 2*64*5
-    assert forward_flops(big, 1, 28) > PER_TASK_FLOPS > forward_flops(small, 1, 28)
-    assert MAML(1, 28, 5, filters=64, downsample="pool").per_task
-    assert not MAML(1, 28, 5, filters=32, downsample="stride").per_task
+    assert forward_flops(big, 1, 28) > PER_TASK_FLOPS > PER_TASK_PREDICT_FLOPS > forward_flops(small, 1, 28)
+    learner = MAML(1, 28, 5, filters=64, downsample="pool")
+    assert learner.per_task and learner.per_task_predict
+    learner = MAML(1, 28, 5, filters=32, downsample="stride")
+    assert not learner.per_task and not learner.per_task_predict
+    learner = MAML(3, 42, 5, filters=32, downsample="pool")  # 13.5 MFLOP: batched training, per-task prediction
+    assert not learner.per_task and learner.per_task_predict
     assert not batching_does_not_pay(big, 1, 28, torch.device("cuda"))  # a GPU wants the batch
-    assert not MAML(1, 28, 5, filters=64, downsample="pool", per_task=False).per_task
+    learner = MAML(1, 28, 5, filters=64, downsample="pool", per_task=False)
+    assert not learner.per_task and not learner.per_task_predict
     assert not MAML(1, 28, 5, filters=64, downsample="pool", recompute=True).per_task  # a folded-path memory knob
+    assert not MAML(1, 28, 5, filters=64, downsample="pool", predict_chunk=4).per_task_predict

@@ -34,14 +34,18 @@ PREDICT_POSITIONS = 800 * 28 * 28
 
 
 #: Forward FLOPs per image from which a CPU runs MAML's tasks one at a time (:mod:`cactus.learners.maml_per_task`)
-#: rather than all at once on the folded net: conv4-64 with max pooling at 28x28 (19.6 MFLOP) keeps the cores busy
-#: task by task, the CACTUs conv4-32 with strides (1.4 MFLOP) does not (BENCHMARKS.md, learn2learn side by side).
-PER_TASK_FLOPS = 8e6
+#: rather than all at once on the folded net. Meta-training, per-task speed / folded on 2 cores (BENCHMARKS.md):
+#: 0.44 at 1.4 MFLOP (conv4-32 stride, 28x28), 0.61 at 5.1 (conv4-32 pool), 0.78 at 13.5 (conv4-32 pool, 42x42x3),
+#: 1.02-1.23 at 19.6 (conv4-64 pool, 5 or 1 inner steps). Prediction (first order, no graph) turns over earlier:
+#: 0.27 at 1.4 MFLOP, 1.41-3.12 at 13.5.
+PER_TASK_FLOPS = 16e6
+PER_TASK_PREDICT_FLOPS = 4e6
 
 
-def batching_does_not_pay(net: ConvNet, in_channels: int, image_size: int, device: torch.device) -> bool:
-    """Whether MAML should run a task batch task by task: on a CPU, for a net of ``PER_TASK_FLOPS`` or more."""
-    return device.type == "cpu" and forward_flops(net, in_channels, image_size) >= PER_TASK_FLOPS
+def batching_does_not_pay(net: ConvNet, in_channels: int, image_size: int, device: torch.device,
+                          threshold: float = PER_TASK_FLOPS) -> bool:
+    """Whether MAML should run a task batch task by task: on a CPU, for a net of ``threshold`` FLOPs or more."""
+    return device.type == "cpu" and forward_flops(net, in_channels, image_size) >= threshold
 
 
 class MAML:
@@ -53,8 +57,9 @@ class MAML:
     :data:`CPU_QUERY_CHUNK` on a CPU, all at once on a GPU); ``recompute`` (second order) keeps one
     inner step's graph at a time and rebuilds each in the backward pass. ``predict_chunk``: tasks
     adapted at a time in :meth:`predict`. ``per_task``: run each task alone on the net itself,
-    channels-last (:mod:`~cactus.learners.maml_per_task`; one task's graph at a time, same meta-gradient);
-    None: when :func:`batching_does_not_pay` and no memory knob is given.
+    channels-last (:mod:`~cactus.learners.maml_per_task`; one task's graph at a time, same meta-gradient),
+    in meta-training and prediction; None: where :func:`batching_does_not_pay` (prediction from a smaller
+    net, :data:`PER_TASK_PREDICT_FLOPS`) and no memory knob (``predict_chunk`` for prediction) is given.
     """
 
     def __init__(
@@ -90,10 +95,13 @@ class MAML:
         self.recompute = recompute
         self.device = torch.device(device)
         self.net = ConvNet(in_channels, image_size, filters, ways, downsample).to(self.device)
-        if per_task is None:  # a memory knob asks for the folded path
-            knobs = task_chunk or query_chunk or recompute
-            per_task = not knobs and batching_does_not_pay(self.net, in_channels, image_size, self.device)
-        self.per_task = per_task
+        # Task by task where batching does not pay, unless a folded-path memory knob is given.
+        knobs = task_chunk or query_chunk or recompute
+        self.per_task = per_task if per_task is not None else (
+            not knobs and batching_does_not_pay(self.net, in_channels, image_size, self.device))
+        self.per_task_predict = per_task if per_task is not None else (
+            predict_chunk is None
+            and batching_does_not_pay(self.net, in_channels, image_size, self.device, PER_TASK_PREDICT_FLOPS))
         self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
         trained = list(self.net.parameters())
         if learn_inner_lr:
@@ -143,7 +151,7 @@ class MAML:
         """
         self._check(support_y)
         inner = InnerLoop(self.test_inner_steps, self.inner_lrs, first_order=True)
-        if self.per_task:
+        if self.per_task_predict:
             return per_task_predict(self.net, self._params(), inner, *(t.to(self.device) for t in
                                                                        (support_x, support_y, query_x)))
         out = []

@@ -332,21 +332,28 @@ def test_per_task_and_folded_meta_steps_take_the_same_step():
         np.testing.assert_allclose(per_task_weights[k], v, rtol=1e-7, atol=1e-10, err_msg=k)
 
 
-def test_big_nets_run_task_by_task_on_a_cpu_and_small_ones_batched():
-    from cactus.learners.maml import PER_TASK_FLOPS, PER_TASK_PREDICT_FLOPS, batching_does_not_pay
+def test_big_support_sets_run_task_by_task_on_a_cpu_and_small_ones_batched():
+    from cactus.learners.maml import PER_TASK_SUPPORT_FLOPS
     from cactus.nets import forward_flops
 
-    big, small = ConvNet(1, 28, 64, 5, "pool"), ConvNet(1, 28, 32, 5, "stride")
+    big = ConvNet(1, 28, 64, 5, "pool")
     assert forward_flops(big, 1, 28) == 19_630_720  # 2 * 9*64 * (28^2 + 64 * (14^2 + 7^2 + 3^2)) + 2*64*5
-    assert forward_flops(big, 1, 28) > PER_TASK_FLOPS > PER_TASK_PREDICT_FLOPS > forward_flops(small, 1, 28)
-    learner = MAML(1, 28, 5, filters=64, downsample="pool")
-    assert learner.per_task and learner.per_task_predict
-    learner = MAML(1, 28, 5, filters=32, downsample="stride")
-    assert not learner.per_task and not learner.per_task_predict
-    learner = MAML(3, 42, 5, filters=32, downsample="pool")  # 13.5 MFLOP: batched training, per-task prediction
-    assert not learner.per_task and learner.per_task_predict
-    assert not batching_does_not_pay(big, 1, 28, torch.device("cuda"))  # a GPU wants the batch
-    learner = MAML(1, 28, 5, filters=64, downsample="pool", per_task=False)
-    assert not learner.per_task and not learner.per_task_predict
-    assert not MAML(1, 28, 5, filters=64, downsample="pool", recompute=True).per_task  # a folded-path memory knob
-    assert not MAML(1, 28, 5, filters=64, downsample="pool", predict_chunk=4).per_task_predict
+
+    def support(tasks, images, channels, side):
+        return torch.zeros(tasks, images, channels, side, side)
+
+    conv4_64 = MAML(1, 28, 5, filters=64, downsample="pool")
+    assert conv4_64.image_flops * 5 >= PER_TASK_SUPPORT_FLOPS  # 98 MFLOP of support per 5-way 1-shot task
+    assert conv4_64.run_per_task(support(8, 5, 1, 28)) and conv4_64.run_per_task(support(8, 5, 1, 28), True)
+    cactus_net = MAML(1, 28, 20, filters=32, downsample="stride")  # 1.4 MFLOP per image
+    assert not cactus_net.run_per_task(support(8, 20, 1, 28))
+    assert not cactus_net.run_per_task(support(8, 5, 1, 28), predicting=True)
+    preset = MAML(3, 42, 5, filters=32, downsample="pool")  # 13.5 MFLOP: 1-shot batched, 5-shot task by task
+    assert not preset.run_per_task(support(8, 5, 3, 42)) and preset.run_per_task(support(8, 25, 3, 42))
+    assert preset.run_per_task(support(8, 25, 3, 42), predicting=True)
+    forced = MAML(1, 28, 5, filters=64, downsample="pool", per_task=False)
+    assert not forced.run_per_task(support(8, 5, 1, 28)) and not forced.run_per_task(support(8, 5, 1, 28), True)
+    knob = MAML(1, 28, 5, filters=64, downsample="pool", recompute=True)  # a folded-path memory knob
+    assert not knob.run_per_task(support(8, 5, 1, 28)) and knob.run_per_task(support(8, 5, 1, 28), True)
+    chunked = MAML(1, 28, 5, filters=64, downsample="pool", predict_chunk=4)
+    assert not chunked.run_per_task(support(8, 5, 1, 28), True)

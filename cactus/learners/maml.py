@@ -33,19 +33,13 @@ on a 2-core CPU; measure with ``python bench/maml_speed.py --variants folded,fol
 PREDICT_POSITIONS = 800 * 28 * 28
 
 
-#: Forward FLOPs per image from which a CPU runs MAML's tasks one at a time (:mod:`cactus.learners.maml_per_task`)
-#: rather than all at once on the folded net. Meta-training, per-task speed / folded on 2 cores (BENCHMARKS.md):
-#: 0.44 at 1.4 MFLOP (conv4-32 stride, 28x28), 0.61 at 5.1 (conv4-32 pool), 0.78 at 13.5 (conv4-32 pool, 42x42x3),
-#: 1.02-1.23 at 19.6 (conv4-64 pool, 5 or 1 inner steps). Prediction (first order, no graph) turns over earlier:
-#: 0.27 at 1.4 MFLOP, 1.41-3.12 at 13.5.
-PER_TASK_FLOPS = 16e6
-PER_TASK_PREDICT_FLOPS = 4e6
-
-
-def batching_does_not_pay(net: ConvNet, in_channels: int, image_size: int, device: torch.device,
-                          threshold: float = PER_TASK_FLOPS) -> bool:
-    """Whether MAML should run a task batch task by task: on a CPU, for a net of ``threshold`` FLOPs or more."""
-    return device.type == "cpu" and forward_flops(net, in_channels, image_size) >= threshold
+#: Support-set FLOPs per task (forward, support images x the net's FLOPs per image) from which a CPU runs MAML's
+#: tasks one at a time (:mod:`cactus.learners.maml_per_task`) rather than all at once on the folded net, in
+#: training and in prediction. Per-task speed / folded on 2 cores (bench/maml_per_task.py, BENCHMARKS.md):
+#: training 0.52-0.56 at 7-28 MFLOP (conv4-32 stride), 0.63 at 67 (conv4-32 pool 42x42x3, 5-way 1-shot),
+#: 0.90-1.00 at 98 (conv4-64 pool 28x28, 5-way 1-shot, with 30-45% less memory), 1.58 at 337 (42x42x3, 5-shot);
+#: prediction 0.31 at 7, 0.83 at 67, 1.76 at 337.
+PER_TASK_SUPPORT_FLOPS = 90e6
 
 
 class MAML:
@@ -58,8 +52,7 @@ class MAML:
     inner step's graph at a time and rebuilds each in the backward pass. ``predict_chunk``: tasks
     adapted at a time in :meth:`predict`. ``per_task``: run each task alone on the net itself,
     channels-last (:mod:`~cactus.learners.maml_per_task`; one task's graph at a time, same meta-gradient),
-    in meta-training and prediction; None: where :func:`batching_does_not_pay` (prediction from a smaller
-    net, :data:`PER_TASK_PREDICT_FLOPS`) and no memory knob (``predict_chunk`` for prediction) is given.
+    in meta-training and prediction; None: decided per task batch (:meth:`run_per_task`).
     """
 
     def __init__(
@@ -95,13 +88,9 @@ class MAML:
         self.recompute = recompute
         self.device = torch.device(device)
         self.net = ConvNet(in_channels, image_size, filters, ways, downsample).to(self.device)
-        # Task by task where batching does not pay, unless a folded-path memory knob is given.
-        knobs = task_chunk or query_chunk or recompute
-        self.per_task = per_task if per_task is not None else (
-            not knobs and batching_does_not_pay(self.net, in_channels, image_size, self.device))
-        self.per_task_predict = per_task if per_task is not None else (
-            predict_chunk is None
-            and batching_does_not_pay(self.net, in_channels, image_size, self.device, PER_TASK_PREDICT_FLOPS))
+        self.per_task = per_task  # None: decided per task batch (run_per_task)
+        # Forward FLOPs of one image; on a GPU the batch always pays, so it is not counted there.
+        self.image_flops = forward_flops(self.net, in_channels, image_size) if self.device.type == "cpu" else 0
         self.inner_lrs: float | dict[str, nn.Parameter] = inner_lr
         trained = list(self.net.parameters())
         if learn_inner_lr:
@@ -110,6 +99,14 @@ class MAML:
             }
             trained += list(self.inner_lrs.values())
         self.optimiser = torch.optim.Adam(trained, lr=meta_lr)
+
+    def run_per_task(self, support_x: torch.Tensor, predicting: bool = False) -> bool:
+        """Whether a task batch (support_x (B, N*K, C, H, W)) runs task by task: as ``per_task`` says, else on a
+        CPU when its support sets reach ``PER_TASK_SUPPORT_FLOPS`` and no folded-path knob was given."""
+        if self.per_task is not None:
+            return self.per_task
+        knobs = self.predict_chunk if predicting else (self.task_chunk or self.query_chunk or self.recompute)
+        return not knobs and support_x.shape[1] * self.image_flops >= PER_TASK_SUPPORT_FLOPS
 
     def _params(self) -> Params:
         return dict(self.net.named_parameters())
@@ -127,11 +124,12 @@ class MAML:
         chunk = self.task_chunk or batch
         query_chunk = self.query_chunk or (CPU_QUERY_CHUNK if self.device.type == "cpu" else None)
         inner = InnerLoop(self.inner_steps, self.inner_lrs, self.first_order)
+        per_task = self.run_per_task(tensors[0])
         self.optimiser.zero_grad()
         loss_sum, correct = 0.0, 0.0
         for start in range(0, batch, chunk):  # gradients of the chunks add up to the batch's
             part = TaskBatch(*(t[start : start + chunk] for t in tensors))
-            if self.per_task:
+            if per_task:
                 losses, logits = per_task_meta_backward(self.net, self._params(), inner, part, batch)
             else:
                 losses, logits = maml_step.meta_backward(self.net, self._params(), inner, part, batch, query_chunk,
@@ -151,7 +149,7 @@ class MAML:
         """
         self._check(support_y)
         inner = InnerLoop(self.test_inner_steps, self.inner_lrs, first_order=True)
-        if self.per_task_predict:
+        if self.run_per_task(support_x, predicting=True):
             return per_task_predict(self.net, self._params(), inner, *(t.to(self.device) for t in
                                                                        (support_x, support_y, query_x)))
         out = []

@@ -36,9 +36,9 @@ PREDICT_POSITIONS = 800 * 28 * 28
 #: Support-set FLOPs per task (forward, support images x the net's FLOPs per image) from which a CPU runs MAML's
 #: tasks one at a time (:mod:`cactus.learners.maml_per_task`) rather than all at once on the folded net, in
 #: training and in prediction. Per-task speed / folded on 2 cores (bench/maml_per_task.py, BENCHMARKS.md):
-#: training 0.52-0.56 at 7-28 MFLOP (conv4-32 stride), 0.63 at 67 (conv4-32 pool 42x42x3, 5-way 1-shot),
-#: 0.90-1.00 at 98 (conv4-64 pool 28x28, 5-way 1-shot, with 30-45% less memory), 1.58 at 337 (42x42x3, 5-shot);
-#: prediction 0.31 at 7, 0.83 at 67, 1.76 at 337.
+#: training 0.52-0.72 at 7-28 MFLOP (conv4-32, 28x28), 0.61-0.63 at 67 (conv4-32 pool 42x42x3, 5-way 1-shot),
+#: 0.82-1.02 at 98 (conv4-64 pool 28x28, 5-way 1-shot, with 30-45% less memory), 1.58-1.66 at 337 (42x42x3,
+#: 5-shot); prediction 0.31-0.33 at 7, 0.83-1.35 at 67, 1.69-1.76 at 337.
 PER_TASK_SUPPORT_FLOPS = 90e6
 
 

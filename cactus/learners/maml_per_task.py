@@ -37,10 +37,10 @@ def adapt_one(net: nn.Module, params: Params, inner: InnerLoop, support_x: torch
     (and on learnt learning rates) through the update itself, as first-order MAML has it.
     """
     fast = _channels_last(params)
+    lrs = inner.lrs
     for _ in range(inner.steps):
         loss = F.cross_entropy(functional_call(net, fast, (support_x,)), support_y)
         grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
-        lrs = inner.lrs
         fast = {n: w - (lrs[n] if isinstance(lrs, dict) else lrs) * g for (n, w), g in zip(fast.items(), grads,
                                                                                             strict=True)}
     return fast

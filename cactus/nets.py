@@ -99,3 +99,17 @@ def forward_flops(net: nn.Module, in_channels: int, image_size: int) -> int:
         for hook in hooks:
             hook.remove()
     return total
+
+
+def resize_images(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, C, H, W) float -> (B, C, side, side): bilinear, antialiased when shrinking (PIL's filter).
+
+    The training stages' ``train_size``: a net whose features are averaged over the grid trains on
+    smaller images than it embeds. Images already ``side`` x ``side`` come back unchanged.
+    """
+    import torch.nn.functional as F
+
+    if images.shape[-2:] == (side, side):
+        return images
+    resized = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp_(0.0, 1.0)

@@ -164,8 +164,9 @@ def _colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator,
-            config: AugmentConfig | NaturalAugmentConfig | None = None) -> torch.Tensor:
-    """One random view of each image: (B, C, H, W) float in [0, 1] -> same shape, on x's device.
+            config: AugmentConfig | NaturalAugmentConfig | None = None, side: int | None = None) -> torch.Tensor:
+    """One random view of each image: (B, C, H, W) float in [0, 1] -> (B, C, S, S) with S = ``side``
+    (default: the same shape as x), on x's device. The view is resampled once, from the full image.
 
     Without ``config`` the set follows the batch's pixels (:func:`config_for`; an encoder decides
     once, on its training images, and passes it); a given config picks its own set. Random
@@ -174,14 +175,21 @@ def augment(x: torch.Tensor, generator: torch.Generator,
     """
     config = config or config_for(x)
     if isinstance(config, NaturalAugmentConfig):
-        return natural_augment(x, generator, config)
-    return stroke_augment(x, generator, config)
+        return natural_augment(x, generator, config, side)
+    return stroke_augment(x, generator, config, side)
 
 
-def stroke_augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig) -> torch.Tensor:
-    """The stroke set: (B, C, H, W) float in [0, 1] -> same shape (colour jitter too when C = 3)."""
-    device = x.device
+def _out_size(x: torch.Tensor, side: int | None) -> tuple[int, int, int, int]:
+    """(B, C, H', W') of the views of x: (side, side), or x's own grid."""
     batch, channels, height, width = x.shape
+    return (batch, channels, height, width) if side is None else (batch, channels, side, side)
+
+
+def stroke_augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig,
+                   side: int | None = None) -> torch.Tensor:
+    """The stroke set: (B, C, H, W) float in [0, 1] -> (B, C, S, S) (colour jitter too when C = 3)."""
+    device = x.device
+    batch, channels, height, width = _out_size(x, side)
     x = _stroke_width(x, config, generator) if channels == 1 else x
     theta = affine_matrices(batch, config, generator)
     grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
@@ -217,9 +225,11 @@ def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
 
 
-def _crop_and_flip(x: torch.Tensor, config: NaturalAugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random resized crop (area and aspect drawn per image) and horizontal flip, in one resampling."""
-    batch, channels, height, width = x.shape
+def _crop_and_flip(x: torch.Tensor, config: NaturalAugmentConfig, generator: torch.Generator,
+                   side: int | None = None) -> torch.Tensor:
+    """Random resized crop (area and aspect drawn per image) and horizontal flip, in one resampling,
+    to a ``side`` x ``side`` grid (default: x's own)."""
+    batch, channels, height, width = _out_size(x, side)
     area = _uniform(batch, config.crop_scale[0], config.crop_scale[1], generator)
     ratio = torch.exp(_uniform(batch, math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1]), generator))
     crop_w = (area * ratio).sqrt().clamp(max=1.0)  # fraction of the width
@@ -259,14 +269,15 @@ def _jitter_colours(x: torch.Tensor, config: NaturalAugmentConfig, generator: to
     return torch.where(apply.view(-1, 1, 1, 1).to(x.device), out, x)
 
 
-def natural_augment(x: torch.Tensor, generator: torch.Generator, config: NaturalAugmentConfig) -> torch.Tensor:
-    """The photo set: (B, C, H, W) float in [0, 1] -> same shape, on x's device.
+def natural_augment(x: torch.Tensor, generator: torch.Generator, config: NaturalAugmentConfig,
+                    side: int | None = None) -> torch.Tensor:
+    """The photo set: (B, C, H, W) float in [0, 1] -> (B, C, S, S) (S = ``side``, default H = W), on x's device.
 
     Random resized crop + horizontal flip, colour jitter, then random greyscale (the grey image in
     all three channels, for a fraction ``p_grey``). Every random number is drawn whether or not it is
     used, so a batch always takes the same number of draws from ``generator``.
     """
-    x = _crop_and_flip(x, config, generator)
+    x = _crop_and_flip(x, config, generator, side)
     x = _jitter_colours(x, config, generator)
     to_grey = torch.rand(len(x), generator=generator) < config.p_grey
     if x.shape[1] == 3:

@@ -40,6 +40,9 @@ class Encoder:
     #: (the same seed gives the same weights up to float rounding, which differs with the device and
     #: the thread count). A replayed or reused artifact takes them from the caller.
     NOT_IN_KEY: ClassVar[tuple[str, ...]] = ("device", "threads")
+    #: Whether it embeds images of any height and width (with the channels it was trained on): a conv net
+    #: whose features are averaged over the grid.
+    any_resolution: ClassVar[bool] = False
     #: Parameters that must be positive numbers (None, where allowed, is not checked): see check_params.
     positive_params: ClassVar[tuple[str, ...]] = ()
 
@@ -126,6 +129,8 @@ class Encoder:
         expected = getattr(self, "input_shape_", None)
         if expected is None:
             raise CactusError(f"{self.name} encoder: transform called before fit")
+        if self.any_resolution and images.shape[3] == expected[2]:
+            return
         if tuple(images.shape[1:]) != tuple(expected):
             raise CactusError(
                 f"{self.name} encoder: images of shape {tuple(images.shape[1:])} (H, W, C) given, "

@@ -257,14 +257,18 @@ def augmentations_for(images: np.ndarray, encoder: str):
     return config
 
 
-def recompute_batchnorm(module, images: np.ndarray, batch_size: int = 256, device=None) -> None:
+def recompute_batchnorm(module, images: np.ndarray, batch_size: int = 256, device=None,
+                        side: int | None = None) -> None:
     """Set every BatchNorm's running mean/var to the exact average over ``images`` (N, H, W, C) uint8.
 
     Training statistics come from augmented views; this pass re-estimates them on the clean images
-    that ``transform`` will see. Leaves the module in eval mode.
+    (resized to ``side`` x ``side``: the resolution the net trained at, when it embeds larger images).
+    Leaves the module in eval mode.
     """
     import torch
     from torch import nn
+
+    from cactus.nets import resize_images
 
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -277,7 +281,8 @@ def recompute_batchnorm(module, images: np.ndarray, batch_size: int = 256, devic
     module.train()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            module(to_tensor(images[start : start + batch_size], device))
+            batch = to_tensor(images[start : start + batch_size], device)
+            module(batch if side is None else resize_images(batch, side))
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     module.eval()

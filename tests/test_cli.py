@@ -102,6 +102,20 @@ def test_impossible_ways_is_one_clear_line_and_writes_nothing(digits_run, tmp_pa
     assert not (tmp_path / "t.h5").exists()
 
 
+def test_readout_option_scores_protonets_both_ways_and_refuses_other_learners(digits_run):
+    out, _, _ = digits_run
+    scores = {}
+    for readout in ("prototype", "logistic", "auto"):
+        result = run_cli("evaluate", str(out / "learner.h5"), "--shots", "1,5", "--num-tasks", "100",
+                         "--readout", readout, "--json")
+        assert result.returncode == 0, result.stderr
+        scores[readout] = [r["accuracy"] for r in json.loads(result.stdout)["results"]]
+    assert scores["prototype"][1] != scores["logistic"][1]  # the readouts do differ on the same 5-shot tasks
+    assert scores["auto"] == [scores["prototype"][0], scores["logistic"][1]]  # prototypes at 1 shot, logistic at 5
+    assert_clean_error(run_cli("evaluate", str(out / "embeddings.h5"), "--readout", "logistic"),
+                       "--readout logistic", "only a ProtoNets learner")
+
+
 def test_corrupt_artifact_is_one_clear_line(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")

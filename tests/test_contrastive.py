@@ -64,8 +64,8 @@ def test_fit_uses_the_augmentations_that_suit_the_pixels(monkeypatch, channels, 
     calls: list[str] = []
     for name in ("natural_augment", "stroke_augment"):
         original = getattr(augment_module, name)
-        monkeypatch.setattr(augment_module, name,
-                            lambda x, g, c, _name=name, _f=original: calls.append(_name) or _f(x, g, c))
+        monkeypatch.setattr(augment_module, name, lambda x, g, c, side=None, _name=name, _f=original:
+                            calls.append(_name) or _f(x, g, c, side))
     images = np.random.default_rng(0).integers(0, 256, (16, 12, 12, channels), dtype=np.uint8)
     if drawn:  # ink on paper
         images = np.where(images > 200, 255, 0).astype(np.uint8)

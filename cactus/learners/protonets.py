@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cactus.nets import ConvNet
+from cactus.learners.readout import logistic_labels, uses_logistic
+from cactus.nets import ConvNet, resize_images
 
 
 def prototype_logits(
@@ -39,24 +40,31 @@ class ProtoNets:
         device: torch.device | str = "cpu",
         seed: int = 0,
         encoder=None,
+        readout: str = "auto",
+        train_size: int | None = None,
     ) -> None:
         """``encoder``: a trained image encoder (with a ``backbone_`` module) to start from instead of
-        a fresh conv net; its backbone is fine-tuned and its batch norm keeps running statistics."""
+        a fresh conv net; its backbone is fine-tuned and its batch norm keeps running statistics.
+        ``readout``: how :meth:`predict` labels queries (:data:`cactus.learners.readout.READOUTS`).
+        ``train_size``: :meth:`meta_step` sees the task images resized to this side (the net averages its
+        features over the grid, so it embeds any size); :meth:`predict` sees them as given."""
         torch.manual_seed(seed)
         self.ways = ways
+        self.readout = readout
+        self.train_size = train_size
         self.device = torch.device(device)
         self.encoder = encoder
         if encoder is not None:
             self.net = encoder.backbone_.to(self.device)
         else:
-            self.net = ConvNet(in_channels, image_size, filters, None, downsample).to(self.device)
+            self.net = ConvNet(in_channels, train_size or image_size, filters, None, downsample).to(self.device)
         # NHWC: oneDNN's convolutions, batch norm and max pooling are faster channels-last on a CPU (1.5x
         # a 5-way conv4-64 meta-step, BENCHMARKS.md); the maths is the same.
         self.net = self.net.to(memory_format=torch.channels_last)
         self.optimiser = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
 
-    def _logits(self, support_x, support_y, query_x) -> torch.Tensor:
-        """A task batch -> query logits (B, N*Q, N)."""
+    def _features(self, support_x, query_x) -> tuple[torch.Tensor, torch.Tensor]:
+        """A task batch -> support features (B, N*K, D) and query features (B, N*Q, D), one pass of the net."""
         batch, n_support = support_x.shape[:2]
         images = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]).contiguous(
             memory_format=torch.channels_last
@@ -64,8 +72,12 @@ class ProtoNets:
         features = self.net(images)
         support = features[: batch * n_support].view(batch, n_support, -1)
         query = features[batch * n_support :].view(batch, query_x.shape[1], -1)
-        ways = int(support_y.max()) + 1
-        return prototype_logits(support, support_y, query, ways)
+        return support, query
+
+    def _logits(self, support_x, support_y, query_x) -> torch.Tensor:
+        """A task batch -> query logits (B, N*Q, N)."""
+        support, query = self._features(support_x, query_x)
+        return prototype_logits(support, support_y, query, int(support_y.max()) + 1)
 
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict[str, float]:
         """One Adam step on the mean query loss of a task batch; returns {"loss", "accuracy" (%)}.
@@ -82,6 +94,9 @@ class ProtoNets:
         self.optimiser.zero_grad()
         batch = len(support_x)
         loss_sum, correct = 0.0, 0.0
+        if self.train_size is not None:
+            support_x, query_x = (resize_images(x.flatten(0, 1), self.train_size).unflatten(0, x.shape[:2])
+                                  for x in (support_x, query_x))
         for t in range(batch):
             logits = self._logits(support_x[t : t + 1], support_y[t : t + 1], query_x[t : t + 1])[0]  # (N*Q, N)
             loss = F.cross_entropy(logits, query_y[t])
@@ -93,15 +108,21 @@ class ProtoNets:
 
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
-        """Labels (B, N*Q) int64 for the queries: the nearest prototype of each task's support set."""
+        """Labels (B, N*Q) int64 for the queries, by ``self.readout`` (:mod:`cactus.learners.readout`):
+        the nearest prototype of each task's support set, or a logistic regression fitted on it."""
         if self.encoder is not None:
             self.net.eval()  # running statistics, as the encoder embeds
         # One task at a time: batch norm then normalises over each task's own images, as in training,
         # so a task's prediction does not depend on which other tasks share the batch.
-        return torch.cat([
-            self._logits(support_x[t : t + 1], support_y[t : t + 1], query_x[t : t + 1]).argmax(-1)
-            for t in range(len(support_x))
-        ])
+        labels = []
+        for t in range(len(support_x)):
+            support, query = self._features(support_x[t : t + 1], query_x[t : t + 1])
+            ways = int(support_y[t].max()) + 1
+            if uses_logistic(self.readout, support_y[t], ways):
+                labels.append(logistic_labels(support[0], support_y[t], query[0])[None])
+            else:
+                labels.append(prototype_logits(support, support_y[t : t + 1], query, ways).argmax(-1))
+        return torch.cat(labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "optimiser": self.optimiser.state_dict()}

@@ -28,6 +28,10 @@ def learner_config(algo: str, ways: int, options: dict[str, Any]) -> dict[str, A
         config["encoder"] = options["encoder"]
         config.pop("filters")
         config.pop("downsample")
+    if options.get("train_size") is not None:
+        if maml:
+            raise CactusError("--train-size: only ProtoNets meta-train at another resolution than they are evaluated")
+        config["train_size"] = int(options["train_size"])
     if maml:
         defaults = {"inner_steps": 5, "test_inner_steps": 50, "inner_lr": 0.05, "first_order": False,
                     "learn_inner_lr": False}
@@ -64,7 +68,7 @@ def build_learner(
         if not hasattr(encoder, "backbone_"):
             raise CactusError(f"--init-from: a {encoder.name} encoder has no conv backbone to fine-tune")
         return ProtoNets(channels, height, int(config["ways"]), meta_lr=float(config["meta_lr"]), device=device,
-                         seed=seed, encoder=encoder)
+                         seed=seed, encoder=encoder, train_size=config.get("train_size"))
     if height != width:
         raise CactusError(f"images of {height}x{width}: the conv net needs square images; pass --image-size")
     common = dict(in_channels=channels, image_size=height, ways=int(config["ways"]), filters=int(config["filters"]),
@@ -72,7 +76,7 @@ def build_learner(
     if config["algo"] == "protonets":
         from cactus.learners.protonets import ProtoNets
 
-        return ProtoNets(**common)
+        return ProtoNets(**common, train_size=config.get("train_size"))
     if config["algo"] == "maml":
         from cactus.learners.maml import MAML
 

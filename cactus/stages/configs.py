@@ -19,6 +19,7 @@ from typing import Any
 
 from cactus.clustering.partitions import ENGINES
 from cactus.evaluation.baselines import EMBEDDING_LEARNERS
+from cactus.learners.readout import READOUTS
 from cactus.learners.registry import ALGOS
 from cactus.stages.common import DataRef
 from cactus.stages.options import Checked, group, option
@@ -78,6 +79,8 @@ class EmbedConfig(Checked):
     dim: int | None = option(None, "Embedding dimension.", kind=int, low=1, key="encoder",
                              default_help="the encoder's; cactus run: 64, at most half the pixels")
     epochs: int | None = option(None, "Encoder training epochs.", kind=int, low=1, key="encoder")
+    train_size: int | None = option(None, "contrastive: train on views of this side (the embedding stays at the "
+                                    "data's resolution).", kind=int, low=4, key="encoder", default_help="the data's")
     batch_size: int | None = option(None, "Encoder mini-batch size.", kind=int, low=1, key="encoder")
     lr: float | None = option(None, "Encoder learning rate.", kind=float, low=0, low_open=True, key="encoder")
     seed: int = seed_option(key="encoder")
@@ -99,7 +102,8 @@ class EmbedConfig(Checked):
 
         ``device`` / ``threads`` choose where a fit runs: passed only to an encoder that takes them.
         """
-        names = ("dim", "epochs", "batch_size", "lr", "seed", "width", "depth", "steps", "rule", "quick", "path")
+        names = ("dim", "epochs", "train_size", "batch_size", "lr", "seed", "width", "depth", "steps", "rule", "quick",
+                 "path")
         given = {name: getattr(self, name) for name in names if getattr(self, name) not in (None, False)}
         return {**given, **runtime_options(self.method, self.device, self.threads)}
 
@@ -171,6 +175,9 @@ class MetaConfig(Checked):
                                     key="learner", default_help="0.05")
     first_order: bool = option(False, "MAML: first-order approximation.", kind=bool, key="learner")
     learn_inner_lr: bool = option(False, "MAML: Meta-SGD per-parameter inner lr.", kind=bool, key="learner")
+    train_size: int | None = option(None, "ProtoNets: meta-train on the task images resized to this side; "
+                                    "evaluation stays at the data's resolution.", kind=int, low=4, key="learner",
+                                    default_help="the data's")
     iterations: int = option(2000, "Meta-training iterations.", kind=int, low=1)
     meta_batch: int | None = option(None, "Tasks per meta-update.", kind=int, low=1,
                                     default_help=", ".join(f"{k} {v}" for k, v in META_BATCH_DEFAULT.items()))
@@ -203,7 +210,7 @@ class MetaConfig(Checked):
     def learner_options(self) -> dict[str, Any]:
         """The learner's given hyper-parameters (None / unset flags keep :func:`learner_config`'s defaults)."""
         names = ("filters", "downsample", "meta_lr", "inner_steps", "test_inner_steps", "inner_lr", "first_order",
-                 "learn_inner_lr")
+                 "learn_inner_lr", "train_size")
         return {n: getattr(self, n) for n in names if getattr(self, n) not in (None, False)}
 
     def chunks(self) -> dict[str, Any]:
@@ -226,6 +233,9 @@ class EvaluateConfig(Checked):
     num_tasks: int = option(1000, "Evaluation tasks per setting.", kind=int, low=1, high=MAX_TASKS, key=False,
                             run_name="eval_tasks")
     seed: int = seed_option("Seed of the evaluation tasks.", key=False)
+    readout: str = option("auto", "A ProtoNets learner's readout: prototype (nearest class mean), logistic "
+                          "(logistic regression on unit-length features), auto (prototype below 5 shots, logistic "
+                          "from 5).", choices=READOUTS, key=False, run_name="eval_readout")
     benchmark: str = option("tasks", "omniglot-lake-runs: Lake et al.'s 20 runs of 20-way 1-shot (train on --split "
                             "lake).", choices=BENCHMARKS, key=False, run_name="eval_benchmark")
     device: str = device_option()

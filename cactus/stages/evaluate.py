@@ -81,12 +81,15 @@ def evaluate_stage(artifact_path: Path, settings: EvaluateConfig, embeddings_pat
     # an embedding is read for its test rows only (_test_embeddings): raw 84x84x3 pixels of 60,000 images are 5 GB
     artifact = read_artifact(artifact_path, unread=("embeddings",))
     learner = _choose_learner(artifact, s.learner)
+    if s.readout != "auto" and learner != "protonets":
+        raise CactusError(f"--readout {s.readout}: only a ProtoNets learner has a readout ({artifact_path} is "
+                          f"evaluated with {learner})")
     dataset = data_of(artifact).load()
     check_fingerprint(artifact, dataset)
     report = {"artifact": str(artifact_path), "learner": learner,
               "supervised": bool(artifact.attrs.get("supervised", False)), "data": dataset.spec}
     if s.benchmark == "omniglot-lake-runs":
-        report.update(_lake_runs(artifact, learner, dataset, runs_path, s.device, s.threads, s.seed))
+        report.update(_lake_runs(artifact, learner, dataset, runs_path, s.device, s.threads, s.seed, s.readout))
     else:
         rows = dataset.indices(TEST)
         if len(rows) == 0:
@@ -95,7 +98,7 @@ def evaluate_stage(artifact_path: Path, settings: EvaluateConfig, embeddings_pat
         test_embeddings = _test_embeddings(artifact, dataset, rows) if artifact.stage == "embed" else None
         report["results"] = [
             _one_setting(artifact, learner, dataset, rows, labels, n_way, k_shot, s.queries, s.num_tasks, s.seed,
-                         s.device, s.threads, embeddings_path, test_embeddings)
+                         s.device, s.threads, embeddings_path, test_embeddings, s.readout)
             for n_way in s.ways for k_shot in s.shots
         ]
     report["seconds"] = round(time.monotonic() - started, 2)
@@ -112,14 +115,14 @@ def _test_embeddings(artifact, dataset, rows: np.ndarray) -> np.ndarray:
 
 
 def _one_setting(artifact, learner, dataset, rows, labels, ways, shots, queries, num_tasks, seed, device, threads,
-                 embeddings_path, test_embeddings: np.ndarray | None = None) -> dict:
+                 embeddings_path, test_embeddings: np.ndarray | None = None, readout: str = "auto") -> dict:
     if artifact.stage == "embed":
         return evaluate_embedding(test_embeddings, labels, learner, ways, shots, queries, num_tasks, seed)
     tasks = sample_tasks(labels[None], rows, ways, shots, queries, num_tasks, seed, "test split")
     if artifact.stage == "cluster":
         per_task = _cluster_matching(artifact, embeddings_path, tasks, seed)
     else:
-        learner_obj, torch_device = _meta_learner(artifact, dataset, ways, device, threads, seed)
+        learner_obj, torch_device = _meta_learner(artifact, dataset, ways, device, threads, seed, readout)
         from cactus.learners.train import TaskBatches, accuracy_on
 
         per_task = accuracy_on(learner_obj, TaskBatches(dataset.images, tasks, torch_device), np.arange(num_tasks))
@@ -128,7 +131,7 @@ def _one_setting(artifact, learner, dataset, rows, labels, ways, shots, queries,
             "accuracy": mean, "ci95": half}
 
 
-def _meta_learner(artifact, dataset, ways: int, device: str, threads: int | None, seed: int):
+def _meta_learner(artifact, dataset, ways: int, device: str, threads: int | None, seed: int, readout: str = "auto"):
     from cactus.core.device import resolve_device
     from cactus.learners.registry import build_learner
 
@@ -143,6 +146,8 @@ def _meta_learner(artifact, dataset, ways: int, device: str, threads: int | None
     except (RuntimeError, KeyError, ValueError) as error:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise CactusError(f"{artifact.path}: stored weights do not fit the learner ({first})") from None
+    if config["algo"] == "protonets":
+        learner.readout = readout
     return learner, torch_device
 
 
@@ -173,7 +178,7 @@ def _cluster_matching(artifact, embeddings_path, tasks, seed: int) -> np.ndarray
     return (predicted == tasks.query_labels()[None]).mean(axis=1) * 100
 
 
-def _lake_runs(artifact, learner, dataset, runs_path, device, threads, seed) -> dict:
+def _lake_runs(artifact, learner, dataset, runs_path, device, threads, seed, readout: str = "auto") -> dict:
     """Lake et al.'s 20 runs of 20-way 1-shot: error rate per run and overall."""
     from cactus.evaluation.lake_runs import default_runs_path, error_rates, load_lake_runs
 
@@ -189,7 +194,7 @@ def _lake_runs(artifact, learner, dataset, runs_path, device, threads, seed) -> 
 
         from cactus.nets import images_to_tensor
 
-        model, torch_device = _meta_learner(artifact, dataset, 20, device, threads, seed)
+        model, torch_device = _meta_learner(artifact, dataset, 20, device, threads, seed, readout)
 
         def predict(support, support_y, query):
             with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -101,18 +102,29 @@ def test_on_omniglot_sized_data_cpu_20m_and_60m_plan_the_same_recipe():
         assert plan(OMNIGLOT_LIKE, Budget("time", seconds), measured, spent=5).values == cpu
 
 
-def test_big_colour_data_is_resized_when_an_hour_leaves_the_encoder_few_epochs():
+def test_big_photos_train_smaller_when_an_hour_leaves_the_encoder_few_epochs():
+    """Photos train at a smaller ``train_size`` and keep their resolution for the embedding and the evaluation,
+    whose cost at that resolution is set aside; line drawings are resized instead."""
     full = plan(PHOTOS, Budget("cpu"), given={"image_size": 84})  # the user's size is kept
-    assert "image_size" not in full.values and full.resized_from is None and full.values["epochs"] == 1
+    assert {"image_size", "train_size"}.isdisjoint(full.values) and full.resized_from is None
+    assert full.values["epochs"] == 1
     planned = plan(PHOTOS, Budget("cpu"))
     cap = recipe(PHOTOS, "paper")["epochs"]
-    assert planned.values["image_size"] == planned.shape.height == 42 and planned.resized_from == PHOTOS
+    assert planned.values["train_size"] == planned.shape.height == 42 and planned.resized_from == PHOTOS
+    assert "image_size" not in planned.values
     assert cap > planned.values["epochs"] >= cap / 2 and planned.seconds <= 3600
-    assert "42x42x3 (resized from 84x84)" in planned.summary()
+    assert "84x84x3 (trained at 42x42)" in planned.summary()
+    resized = plan(replace(PHOTOS, drawing=True), Budget("cpu"))
+    assert resized.values["image_size"] == 42 and "train_size" not in resized.values
+    assert "42x42x3 (resized from 84x84)" in resized.summary()
+    # evaluating at 84x84 costs what evaluating 42x42 images does not: fewer epochs and iterations are left
+    assert planned.estimate["evaluate"] > 3 * resized.estimate["evaluate"]
+    assert planned.values["iterations"] < resized.values["iterations"]
     for small in (OMNIGLOT_LIKE, DIGITS, DataShape(38400, 32, 32, 3)):  # epochs to spare: never resized
-        assert "image_size" not in plan(small, Budget("cpu")).values
-    assert "image_size" not in plan(PHOTOS, Budget("cpu"), given={"epochs": 1}).values
-    assert "image_size" not in plan(PHOTOS, Budget("paper")).values
+        assert {"image_size", "train_size"}.isdisjoint(plan(small, Budget("cpu")).values)
+    for given in ({"epochs": 1}, {"train_size": 60}):
+        assert {"image_size", "train_size"}.isdisjoint(plan(PHOTOS, Budget("cpu"), given=given).values)
+    assert {"image_size", "train_size"}.isdisjoint(plan(PHOTOS, Budget("paper")).values)
 
 
 def test_what_the_user_gives_wins_and_the_recipe_follows_it():
@@ -227,26 +239,37 @@ def test_a_budgeted_run_on_digits_ends_within_its_budget_and_shows_the_floors(tm
     assert wall < BUDGET_S * 1.15, (wall, planned)
 
 
-def _big_grey_npz(path) -> str:
-    """600 images of 96x96 (60 classes): at that size no budget of a minute gives the encoder its epochs."""
+def _big_grey_npz(path, drawing: bool = False) -> str:
+    """600 images of 96x96 (60 classes): at that size no budget of a minute gives the encoder its epochs.
+    ``drawing``: ink on paper (every pixel black or white) instead of mid-grey photos."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(60), 10)
     images = (rng.random((600, 96, 96)) * 60 + labels[:, None, None] * 3).astype(np.uint8)
+    if drawing:
+        images = np.where(images > 100, 255, 0).astype(np.uint8)
     np.savez(path, x=images, y=labels)
     return f"npz:{path}"
 
 
-def test_a_short_budget_on_big_images_plans_smaller_images(tmp_path):
-    data = _big_grey_npz(tmp_path / "big.npz")
+@pytest.mark.parametrize("drawing", [False, True])
+def test_a_short_budget_on_big_images_plans_smaller_images(tmp_path, drawing):
+    data = _big_grey_npz(tmp_path / "big.npz", drawing)
     result = run_cli("run", "--data", data, "--budget", "40s", "--dry-run", "--out-dir", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     table = dict(line.split(None, 1) for line in result.stdout.splitlines())
-    side = int(table["image-size"])
-    assert 28 <= side < 96 and f"{side}x{side}x1 (resized from 96x96)" in table["data"]
+    if drawing:  # line drawings are resized
+        side = int(table["image-size"])
+        assert 28 <= side < 96 and f"{side}x{side}x1 (resized from 96x96)" in table["data"]
+        assert "train-size" not in table
+    else:  # photos train smaller and are embedded and evaluated at 96x96
+        side = int(table["train-size"])
+        assert 28 <= side < 96 and f"96x96x1 (trained at {side}x{side})" in table["data"]
+        assert "image-size" not in table
     kept = run_cli("run", "--data", data, "--budget", "40s", "--image-size", "96", "--dry-run")
     assert kept.returncode == 0 and "image-size" not in kept.stdout and "resized" not in kept.stdout
+    assert "train-size" not in kept.stdout
 
 
 @pytest.mark.slow
@@ -257,8 +280,10 @@ def test_a_run_trains_and_evaluates_at_the_planned_size(tmp_path):
     result = run_cli("run", "--data", data, "--budget", "40s", "--eval-tasks", "50", "--out-dir",
                      str(tmp_path / "run"), "--json")
     assert result.returncode == 0, result.stderr
-    side = json.loads(result.stdout)["plan"]["values"]["image_size"]
+    side = json.loads(result.stdout)["plan"]["values"]["train_size"]
     with h5py.File(tmp_path / "run" / "embeddings.h5") as f:
-        assert json.loads(f.attrs["config"])["data"]["image_size"] == side
+        config = json.loads(f.attrs["config"])
+        assert config["data"]["image_size"] is None and config["encoder"]["train_size"] == side
     with h5py.File(tmp_path / "run" / "learner.h5") as f:
-        assert json.loads(f.attrs["x_image_shape"]) == [side, side, 1]
+        assert json.loads(f.attrs["config"])["learner"]["train_size"] == side
+        assert json.loads(f.attrs["x_image_shape"]) == [96, 96, 1]  # evaluated at the data's own size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -200,3 +201,19 @@ def test_grey_option_loads_the_colour_folder_as_one_channel_and_is_recorded(rgb_
         assert json.loads(f.attrs["config"])["data"]["grey"] is True
         assert list(f["encoder/input_shape"][()]) == [IMAGE_SIZE, IMAGE_SIZE, 1]
     assert "grey" not in DataRef("digits").as_dict()  # artifacts made without it keep their keys
+
+
+def test_the_pixel_floor_of_large_images_is_scored_on_shrunk_ones(rgb_folder, tmp_path):
+    from cactus.cli.run import pixel_floor
+    from cactus.stages.common import DataRef
+    from cactus.stages.configs import EmbedConfig, EvaluateConfig
+
+    embed = EmbedConfig(data=DataRef(f"folder:{rgb_folder}", image_size=72), threads=1)
+    evaluation = EvaluateConfig(ways=(2,), shots=(1,), queries=2, num_tasks=10, threads=1)
+    report = pixel_floor(tmp_path / "pixels.h5", embed, evaluation, (72, 72, 3), force=False)
+    assert report["image_size"] == 64 and len(report["results"]) == 1  # 72x72x3 is over 64x64x3 values
+    with h5py.File(tmp_path / "pixels.h5", "r") as artifact:
+        assert artifact["embeddings"].shape[1] == 64 * 64 * 3
+    small = pixel_floor(tmp_path / "small.h5", replace(embed, data=DataRef(f"folder:{rgb_folder}", image_size=16)),
+                        evaluation, (16, 16, 3), force=False)
+    assert "image_size" not in small and len(small["results"]) == 1

@@ -52,23 +52,24 @@ def format_floors(learner: dict, embedding: dict, pixels: dict) -> str:
     return "floors (the run's embedding, 1-NN on raw pixels):\n" + "\n".join(rows)
 
 
-#: The raw-pixel floor is skipped above this many values per image (64x64 RGB): its embedding is that wide.
-MAX_FLOOR_PIXELS = 64 * 64 * 3
+def pixel_floor(out: Path, embed, evaluation, image_shape: tuple[int, int, int], force: bool) -> dict:
+    """1-NN on raw pixels (the ``pixels`` encoder) of the run's dataset: the floor beside every result.
 
-
-def pixel_floor(out: Path, embed, evaluation, pixels: int, force: bool) -> dict:
-    """1-NN on raw pixels (the ``pixels`` encoder) of the run's dataset: the floor beside every result."""
-    from cactus.core import log
+    Images of more than ``MAX_FLOOR_PIXELS`` values (its embedding is that wide) are shrunk to the largest
+    square side that fits (84x84 RGB -> 64x64); the report says at which ``image_size``.
+    """
     from cactus.stages.configs import EmbedConfig
     from cactus.stages.embed import embed_stage
     from cactus.stages.evaluate import evaluate_stage
+    from cactus.stages.planner import MAX_FLOOR_PIXELS
 
-    if pixels > MAX_FLOOR_PIXELS:
-        log.warn(f"pixel floor skipped: {pixels} values per image (give --image-size 64 or less for it)")
-        return {"learner": "knn", "results": [], "skipped": "too many pixels"}
-    settings = EmbedConfig(data=embed.data, method="pixels", seed=embed.seed, device=embed.device,
-                           threads=embed.threads)
-    return evaluate_stage(embed_stage(out, settings, force=force).path, replace(evaluation, learner="knn"))
+    height, width, channels = image_shape
+    data = embed.data
+    if height * width * channels > MAX_FLOOR_PIXELS:
+        data = replace(data, image_size=int((MAX_FLOOR_PIXELS / channels) ** 0.5))
+    settings = EmbedConfig(data=data, method="pixels", seed=embed.seed, device=embed.device, threads=embed.threads)
+    report = evaluate_stage(embed_stage(out, settings, force=force).path, replace(evaluation, learner="knn"))
+    return {**report, "image_size": data.image_size} if data is not embed.data else report
 
 
 def is_default(ctx: click.Context, name: str) -> bool:
@@ -102,11 +103,13 @@ def plan_run(ctx: click.Context, values: dict, dataset, budget_text: str, starte
     Fills the options the user did not give; returns the :class:`~cactus.stages.planner.Plan`.
     """
     from cactus.stages.planner import DataShape, parse_budget, plan
+    from embeddings.augment import STROKES_ABOVE, extreme_fraction
 
     budget = parse_budget(budget_text)
     images = train_images(dataset)
-    shape = DataShape(len(images), *(int(d) for d in images.shape[1:]))
-    names = ("method", "epochs", "clusters", "ways", "shots", "queries", "algo", "iterations", "image_size")
+    shape = DataShape(len(images), *(int(d) for d in images.shape[1:]), extreme_fraction(images) > STROKES_ABOVE)
+    names = ("method", "epochs", "clusters", "ways", "shots", "queries", "algo", "iterations", "image_size",
+             "train_size")
     given = {name: values[name] for name in names if not is_default(ctx, name)}
     threads, device = values["threads"], device_name(values["device"])
     planned = plan(shape, budget, given=given, threads=threads, device=device, eval_tasks=values["eval_tasks"])
@@ -261,14 +264,14 @@ def run(ctx, preset, budget, dry_run, out_dir, init_from_encoder, force, as_json
         click.echo(planned.table() if planned else f"preset {preset} ({budget}): "
                    + ", ".join(f"{k}={v[k]}" for k in sorted(preset_values(preset, budget)) if k in v))
         return
-    if planned is not None and planned.resized_from is not None:  # the plan trains on smaller images
+    if planned is not None and "image_size" in planned.values and planned.resized_from is not None:  # resized
         dataset = None  # the full-size images go before the resized ones load
         dataset = build(DataRef, v, by="run").load()
     init_from_encoder = bool(v.pop("init_from_encoder"))
     configs = resolve(v, int(dataset.images[0].size))
     files = {name: out_dir / f"{name}.h5" for name in ("embeddings", "partitions", "tasks", "learner")}
     # the floor first: it takes seconds, and a run stopped later has still shown it
-    floor = pixel_floor(out_dir / "pixels.h5", configs["embed"], configs["evaluate"], int(dataset.images[0].size),
+    floor = pixel_floor(out_dir / "pixels.h5", configs["embed"], configs["evaluate"], tuple(dataset.images.shape[1:]),
                         force)
     stages = [embed_stage(files["embeddings"], configs["embed"], force=force)]
     meta = configs["meta"]

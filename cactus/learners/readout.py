@@ -11,8 +11,12 @@ points at 5 shots and 5-10 at 20-50, while at 1 shot it is no better (0.3 below 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's option choices read READOUTS
+    import torch
 
 READOUTS = ("auto", "prototype", "logistic")
 #: ``auto`` uses the logistic readout when every class has at least this many support images.
@@ -27,6 +31,8 @@ def uses_logistic(readout: str, support_y: torch.Tensor, ways: int) -> bool:
         raise ValueError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
     if readout != "auto":
         return readout == "logistic"
+    import torch
+
     return int(torch.bincount(support_y, minlength=ways).min()) >= LOGISTIC_MIN_SHOTS
 
 
@@ -38,6 +44,7 @@ def logistic_labels(support: torch.Tensor, support_y: torch.Tensor, query: torch
     """
     import warnings
 
+    import torch
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 

@@ -28,6 +28,8 @@ VALIDATIONS = ("pseudo", "labels", "none")
 TASK_SOURCES = ("partitions", "labels")
 BENCHMARKS = ("tasks", "omniglot-lake-runs")
 EVAL_LEARNERS = ALGOS + EMBEDDING_LEARNERS
+TRAIN_SIZE_HELP = ("Train on images of this side (the contrastive encoder's views; ProtoNets' task images); the "
+                   "embedding and the evaluation stay at the data's resolution.")
 #: At most this many tasks are sampled at once (10^7 5-way 6-image tasks already take 1.2 GB of indices).
 MAX_TASKS = 10_000_000
 #: Tasks per meta-update when --meta-batch is not given (the papers' settings).
@@ -79,8 +81,7 @@ class EmbedConfig(Checked):
     dim: int | None = option(None, "Embedding dimension.", kind=int, low=1, key="encoder",
                              default_help="the encoder's; cactus run: 64, at most half the pixels")
     epochs: int | None = option(None, "Encoder training epochs.", kind=int, low=1, key="encoder")
-    train_size: int | None = option(None, "contrastive: train on views of this side (the embedding stays at the "
-                                    "data's resolution).", kind=int, low=4, key="encoder", default_help="the data's")
+    train_size: int | None = option(None, TRAIN_SIZE_HELP, kind=int, low=4, key="encoder", default_help="the data's")
     batch_size: int | None = option(None, "Encoder mini-batch size.", kind=int, low=1, key="encoder")
     lr: float | None = option(None, "Encoder learning rate.", kind=float, low=0, low_open=True, key="encoder")
     seed: int = seed_option(key="encoder")
@@ -175,9 +176,7 @@ class MetaConfig(Checked):
                                     key="learner", default_help="0.05")
     first_order: bool = option(False, "MAML: first-order approximation.", kind=bool, key="learner")
     learn_inner_lr: bool = option(False, "MAML: Meta-SGD per-parameter inner lr.", kind=bool, key="learner")
-    train_size: int | None = option(None, "ProtoNets: meta-train on the task images resized to this side; "
-                                    "evaluation stays at the data's resolution.", kind=int, low=4, key="learner",
-                                    default_help="the data's")
+    train_size: int | None = option(None, TRAIN_SIZE_HELP, kind=int, low=4, key="learner", default_help="the data's")
     iterations: int = option(2000, "Meta-training iterations.", kind=int, low=1)
     meta_batch: int | None = option(None, "Tasks per meta-update.", kind=int, low=1,
                                     default_help=", ".join(f"{k} {v}" for k, v in META_BATCH_DEFAULT.items()))
